@@ -12,7 +12,7 @@ from pathlib import Path
 
 from alter.errors import ConfigError
 
-__all__ = ["load", "resolve_configs", "unlearn"]
+__all__ = ["load", "resolve_baseline_configs", "resolve_configs", "unlearn"]
 
 
 def _coerce(key: str, value, type_name: str):
@@ -62,6 +62,33 @@ def resolve_configs(overrides: dict | None = None, method: str = "alter"):
     except (TypeError, ValueError) as e:
         raise ConfigError(str(e)) from None
     return a_cfg, t_cfg
+
+
+def resolve_baseline_configs(method: str, overrides: dict | None = None):
+    """Split flat overrides between the shared :class:`~alter.methods.loop.UnlearnConfig` and the
+    method's own ``Config``; returns ``(shared, method_cfg)``."""
+    from alter.methods import METHODS, check_method
+    from alter.methods.loop import UnlearnConfig
+
+    cls = METHODS[check_method(method)]
+    overrides = dict(overrides or {})
+    shared = {f.name: f for f in dataclasses.fields(UnlearnConfig)}
+    own = {f.name: f for f in dataclasses.fields(cls.Config)}
+    unknown = sorted(set(overrides) - set(shared) - set(own) - {"method"})
+    if unknown:
+        raise ConfigError(
+            f"unknown option(s) for method '{method}': {', '.join(unknown)}. "
+            f"Shared options: {', '.join(shared)}. "
+            f"{method} options: {', '.join(own) or '(none)'}"
+        )
+    fields = {**shared, **own}
+    values = {k: _coerce(k, v, str(fields[k].type)) for k, v in overrides.items() if k != "method"}
+    try:
+        u_cfg = UnlearnConfig(**{k: v for k, v in values.items() if k in shared})
+        m_cfg = cls.Config(**{k: v for k, v in values.items() if k in own})
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{method}: {e}") from None
+    return u_cfg, m_cfg
 
 
 def unlearn(

@@ -219,8 +219,16 @@ def unlearn_cmd(
     model: ModelOpt = "smollm2-135m",
     method: Annotated[str, typer.Option(help="unlearning method (see `alter methods`)")] = "alter",
     config: Annotated[Path | None, typer.Option(help="YAML file of option: value")] = None,
-    epochs: Annotated[float | None, typer.Option(help="Stage II epochs")] = None,
-    max_steps: Annotated[int | None, typer.Option(help="cap Stage II steps")] = None,
+    epochs: Annotated[
+        float | None, typer.Option(help="passes over the forget set (ALTER: Stage II)")
+    ] = None,
+    max_steps: Annotated[int | None, typer.Option(help="cap the unlearning steps")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="learning rate (ALTER: lr_B, the experts' rate)")
+    ] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="forget rows and retain rows per step")
+    ] = None,
     seed: Annotated[int | None, typer.Option(help="seed")] = None,
     set_: Annotated[
         list[str] | None,
@@ -239,10 +247,16 @@ def unlearn_cmd(
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
         overrides[key.strip()] = _parse_value(raw)
-    for key, value in (("epochs", epochs), ("max_steps", max_steps), ("seed", seed)):
-        if value is not None:
-            overrides[key] = value
     method = overrides.pop("method", method)
+    shared = {
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "lr_B" if method == "alter" else "lr": lr,
+        "forget_batch_size": batch_size,
+        "retain_batch_size": batch_size,
+        "seed": seed,
+    }
+    overrides.update({k: v for k, v in shared.items() if v is not None})
     unlearn_and_save(
         model, forget, retain, out=out, method=method, overrides=overrides, overwrite=overwrite
     )
@@ -251,18 +265,17 @@ def unlearn_cmd(
 
 @app.command("methods")
 def methods_cmd():
-    """List the unlearning methods."""
-    from alter.methods import METHODS
+    """List the unlearning methods, their defaults and options."""
+    from alter.methods import describe_methods
 
-    for name, desc in METHODS.items():
-        typer.echo(f"{name:10s} {desc}")
+    typer.echo(describe_methods())
 
 
 @app.command("generate")
 def generate_cmd(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="question(s) to answer")],
     model: ModelOpt = "smollm2-135m",
-    adapter: Annotated[Path | None, typer.Option(help="an ALTER run/adapter directory")] = None,
+    adapter: Annotated[Path | None, typer.Option(help="an unlearning run with an adapter (ALTER, AsymLoRA, LoRA, ELM)")] = None,
     allow_other_base: Annotated[
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,

@@ -82,3 +82,75 @@ def router_cross_entropy(logits: torch.Tensor, slots: torch.Tensor) -> torch.Ten
     Label 0 = "no forget expert" (retain tokens), ``d + 1`` = forget subdomain ``d``.
     """
     return F.cross_entropy(logits.float(), slots)
+
+
+# -- baseline losses ---------------------------------------------------------------------------
+
+
+def npo_loss(logp: torch.Tensor, logp_ref: torch.Tensor, beta: float) -> torch.Tensor:
+    """NPO (Zhang et al. 2024) per sequence ``(B,)``: ``-(2/beta) log sigmoid(-beta (logp - logp_ref))``.
+
+    ``logp``, ``logp_ref``: ``(B,)`` answer log-probabilities summed over tokens under the trained
+    and the frozen reference model. Tends to ``2 (logp - logp_ref)`` (gradient ascent, scaled) as
+    beta -> 0 and saturates once the sequence is far less likely than under the reference.
+    """
+    return -(2.0 / beta) * F.logsigmoid(-beta * (logp - logp_ref))
+
+
+def simnpo_loss(
+    nll_sum: torch.Tensor, count: torch.Tensor, beta: float, delta: float = 0.0
+) -> torch.Tensor:
+    """SimNPO (Fan et al. 2024) per sequence ``(B,)``: ``-(2/beta) log sigmoid(beta (nll/|y| - delta))``.
+
+    Reference-free and length-normalised: ``nll_sum`` ``(B,)`` summed answer NLL, ``count``
+    ``(B,)`` supervised tokens. The loss falls as the mean NLL grows past ``delta``.
+    """
+    mean_nll = nll_sum / count.clamp_min(1).to(nll_sum.dtype)
+    return -(2.0 / beta) * F.logsigmoid(beta * (mean_nll - delta))
+
+
+def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Per-token ``KL(p_ref || p_theta)`` ``(B, T-1)`` at supervised positions (0 elsewhere).
+
+    ``logits``, ``ref_logits``: ``(B, T, V)``; the retain term of NPO_KL (the reference's
+    distribution is the target, as in open-unlearning's ``compute_kl_divergence``).
+    """
+    lg, lb = shift(logits, labels)
+    ref = ref_logits[:, :-1, :]
+    lp = torch.log_softmax(lg.float(), dim=-1)
+    lp_ref = torch.log_softmax(ref.float(), dim=-1)
+    kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1)
+    return kl * (lb != IGNORE_INDEX)
+
+
+def activation_mse(acts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """RMU's term per position ``(B, T)``: mean over the hidden dimension of ``(acts - target)^2``.
+
+    ``acts``: ``(B, T, H)``; ``target``: ``(B, T, H)`` or broadcastable (``c * u`` of shape ``(H,)``).
+    """
+    return (acts.float() - target.float()).pow(2).mean(-1)
+
+
+def soft_cross_entropy(logits: torch.Tensor, target_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-position ``-sum_v p*(v) log p_theta(v)`` ``(..., )`` for a target distribution given as
+    log-probabilities ``(..., V)`` (ELM's erase and retain terms)."""
+    lp = torch.log_softmax(logits.float(), dim=-1)
+    return -(target_logprobs.float().exp() * lp).sum(-1)
+
+
+def elm_target_logprobs(
+    base_logits: torch.Tensor,
+    expert_logits: torch.Tensor,
+    novice_logits: torch.Tensor,
+    eta: float,
+) -> torch.Tensor:
+    """ELM (Gandikota et al. 2024) erasure target ``log p*`` ``(..., V)``.
+
+    ``p*(x) ∝ p(x) (p(x | c_novice) / p(x | c_expert))^eta``: the original model's distribution
+    pushed away from what an "expert" prompt makes likely and toward a "novice" prompt's. All
+    inputs are logits at the same answer positions.
+    """
+    lp = torch.log_softmax(base_logits.float(), -1)
+    le = torch.log_softmax(expert_logits.float(), -1)
+    ln = torch.log_softmax(novice_logits.float(), -1)
+    return torch.log_softmax(lp + eta * (ln - le), dim=-1)

@@ -230,22 +230,25 @@ def unlearn_and_save(
 ):
     """Load data and model, run the method, and (with ``out``) write the run directory atomically.
 
-    The run directory holds ``resolved_config.json``, the adapter (``adapter_config.json`` +
-    ``adapter_model.safetensors``), ``subdomains.json``, ``metrics.jsonl`` and ``summary.json``.
+    Every run directory holds ``resolved_config.json``, ``metrics.jsonl`` (one line per step) and
+    ``summary.json``, plus the method's artefact: ALTER and AsymLoRA adapters, a peft adapter
+    (LoRA, ELM) or a full model directory (GA, GD, NPO, NPO_KL, SimNPO, RMU). Returns the
+    unlearned model (ready for evaluation) and the tokenizer.
     """
     import tempfile
 
-    from safetensors.torch import save_file
-
-    from alter.adapters.io import save_adapter
-    from alter.api import resolve_configs
+    from alter.api import resolve_baseline_configs, resolve_configs
     from alter.data.schema import check_forget_retain, warn_all
-    from alter.methods import check_method
-    from alter.methods.alter import unlearn_alter
+    from alter.methods import METHODS, check_method
     from alter.runs import check_out_dir
 
     check_method(method)
-    a_cfg, t_cfg = resolve_configs(overrides, method)
+    if method == "alter":
+        a_cfg, t_cfg = resolve_configs(overrides, method)
+        configs = {"adapter": asdict(a_cfg), "train": asdict(t_cfg)}
+    else:
+        u_cfg, m_cfg = resolve_baseline_configs(method, overrides)
+        configs = {"train": asdict(u_cfg), "method_config": asdict(m_cfg)}
     if out is not None:
         check_out_dir(out, overwrite=overwrite)
     forget_rows, retain_rows = _rows(forget), _rows(retain)
@@ -256,8 +259,7 @@ def unlearn_and_save(
         "model": model_name,
         "forget": forget_rows.source,
         "retain": retain_rows.source,
-        "adapter": asdict(a_cfg),
-        "train": asdict(t_cfg),
+        **configs,
         "alter": __version__,
     }
     if out is not None:
@@ -266,24 +268,54 @@ def unlearn_and_save(
         ctx = contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="alter-unlearn-")))
     with ctx as tmp:
         write_json(tmp / "resolved_config.json", resolved)
-        am, summary = unlearn_alter(
-            model,
-            tok,
-            forget_rows,
-            retain_rows,
-            adapter_cfg=a_cfg,
-            train_cfg=t_cfg,
-            log_path=tmp / "metrics.jsonl",
-            checkpoint_dir=tmp / "checkpoints",
-            progress=progress,
-        )
-        save_adapter(am, tmp, extra={"base_model": model_name})
-        save_file({"centroids": am.centroids.contiguous()}, str(tmp / "centroids.safetensors"))
-        subdomains = {
-            "names": summary["subdomains"],
-            "source": summary["subdomain_source"],
-            "forget_labels": summary["forget_labels"],
-        }
-        write_json(tmp / "subdomains.json", subdomains)
-        write_json(tmp / "summary.json", summary)
-    return am, tok
+        if method == "alter":
+            result = _run_alter(
+                model, tok, forget_rows, retain_rows, a_cfg, t_cfg, tmp, progress, model_name
+            )
+        else:
+            from alter.methods.loop import run_method
+
+            m = METHODS[method](m_cfg)
+            summary = run_method(
+                m,
+                model,
+                tok,
+                forget_rows,
+                retain_rows,
+                u_cfg,
+                log_path=tmp / "metrics.jsonl",
+                progress=progress,
+            )
+            m.save(tmp, tok)
+            write_json(tmp / "summary.json", summary)
+            result = m.result()
+    return result, tok
+
+
+def _run_alter(model, tok, forget_rows, retain_rows, a_cfg, t_cfg, tmp: Path, progress, model_name):
+    from safetensors.torch import save_file
+
+    from alter.adapters.io import save_adapter
+    from alter.methods.alter import unlearn_alter
+
+    am, summary = unlearn_alter(
+        model,
+        tok,
+        forget_rows,
+        retain_rows,
+        adapter_cfg=a_cfg,
+        train_cfg=t_cfg,
+        log_path=tmp / "metrics.jsonl",
+        checkpoint_dir=tmp / "checkpoints",
+        progress=progress,
+    )
+    save_adapter(am, tmp, extra={"base_model": model_name})
+    save_file({"centroids": am.centroids.contiguous()}, str(tmp / "centroids.safetensors"))
+    subdomains = {
+        "names": summary["subdomains"],
+        "source": summary["subdomain_source"],
+        "forget_labels": summary["forget_labels"],
+    }
+    write_json(tmp / "subdomains.json", subdomains)
+    write_json(tmp / "summary.json", summary)
+    return am

@@ -83,11 +83,63 @@ def read_adapter_config(path: str | Path) -> dict:
     return meta
 
 
-def load_adapter(
-    model: torch.nn.Module, path: str | Path, *, allow_other_base: bool = False
-) -> AlterModel:
-    """Wrap a plain HF ``model`` with the adapter saved in ``path``; outputs match bit for bit."""
+METHOD_META = "alter_method.json"
+
+
+def load_adapter(model: torch.nn.Module, path: str | Path, *, allow_other_base: bool = False):
+    """Wrap a plain HF ``model`` with the adapter saved in the run directory ``path``.
+
+    Reads every adapter kind ``alter unlearn`` writes: ALTER (outputs match bit for bit),
+    AsymLoRA, and peft adapters (LoRA, ELM). A full-parameter run is a model directory, not an
+    adapter: it is refused with the command that loads it.
+    """
     path = Path(path)
+    if not path.is_dir():
+        raise AdapterError(f"{path}: no such adapter directory")
+    method_meta = _read_json_file(path / METHOD_META) if (path / METHOD_META).is_file() else {}
+    kind = method_meta.get("kind")
+    if kind == "full":
+        raise AdapterError(
+            f"{path} holds a full unlearned model ({method_meta.get('method')}), not an adapter: "
+            f"load it as the model (--model {path})"
+        )
+    if kind == "peft":
+        return _load_peft(model, path, method_meta, allow_other_base)
+    cfg_path = path / CONFIG_NAME
+    if cfg_path.is_file() and _read_json_file(cfg_path).get("format") == "asymlora/1":
+        from alter.methods.asymlora import load_asymlora
+
+        return load_asymlora(model, path, allow_other_base=allow_other_base)
+    return _load_alter(model, path, allow_other_base)
+
+
+def _read_json_file(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise AdapterError(f"{path}: corrupted JSON ({e.msg} at line {e.lineno})") from None
+    if not isinstance(data, dict):
+        raise AdapterError(f"{path}: expected a JSON object")
+    return data
+
+
+def _load_peft(model, path: Path, meta: dict, allow_other_base: bool):
+    from peft import PeftModel
+
+    if not allow_other_base and meta.get("base_weights") not in (None, weights_checksum(model)):
+        raise AdapterError(
+            f"{path}: adapter was trained on different base weights than this model (pass the model it "
+            "was trained on, e.g. the fine-tuned target, or allow_other_base=True / --allow-other-base)"
+        )
+    try:
+        peft_model = PeftModel.from_pretrained(model, str(path))
+    except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
+        raise AdapterError(f"{path}: cannot load the peft adapter ({e})") from None
+    peft_model.eval()
+    return peft_model
+
+
+def _load_alter(model: torch.nn.Module, path: Path, allow_other_base: bool) -> AlterModel:
     meta = read_adapter_config(path)
     try:
         cfg = AlterConfig.from_dict(meta["config"])

@@ -572,3 +572,15 @@ def unlearn_alter(
         "adapter_config": cfg.to_dict(),
     }
     return am, summary
+
+
+class ALTER:
+    """Registry entry: ALTER runs its own two-stage loop (:func:`unlearn_alter`), not the shared one."""
+
+    name = "alter"
+    description = (
+        "ALTER: asymmetric LoRA (shared A, per-subdomain B_f, B_r) + token-entropy guidance"
+    )
+    default_lr = AlterTrainConfig.lr_B  # the shared --lr sets lr_B, the experts' learning rate
+    uses_retain = True
+    Config = AlterTrainConfig

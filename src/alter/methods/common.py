@@ -1,0 +1,100 @@
+"""Helpers the baselines share: forward passes, frozen references, LoRA wrapping, saving.
+
+Shared maths lives in :mod:`alter.losses`; this module only moves tensors and models around.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+
+from alter.data.collate import IGNORE_INDEX, Collator, Encoded
+from alter.losses import inverse_hinge, masked_mean, npo_loss, sequence_nll, shift
+
+FORGET_LOSSES = ("ga", "npo", "ihl")
+
+
+def logits(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+
+def freeze_except(model: torch.nn.Module, keep) -> list[torch.nn.Parameter]:
+    """Freeze every parameter of ``model`` whose name ``keep(name)`` rejects; return the others."""
+    params = []
+    for name, p in model.named_parameters():
+        p.requires_grad_(bool(keep(name)))
+        if p.requires_grad:
+            params.append(p)
+    return params
+
+
+def frozen_copy(model: torch.nn.Module) -> torch.nn.Module:
+    """One frozen copy of ``model`` (the reference of full-parameter methods), made once."""
+    ref = copy.deepcopy(model)
+    ref.eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def sequence_logprobs(
+    model, encoded: list[Encoded], pad_id: int, *, batch_size: int = 8
+) -> torch.Tensor:
+    """Summed answer log-probability of every row ``(N,)``, indexed like ``encoded``.
+
+    Computed once before training: NPO's reference needs nothing else, so no frozen copy of the
+    model is kept for it.
+    """
+    was_training = model.training
+    model.eval()
+    out = torch.zeros(len(encoded))
+    collate = Collator(pad_id)
+    for s in range(0, len(encoded), batch_size):
+        b = collate(encoded[s : s + batch_size])
+        nll, _ = sequence_nll(logits(model, b), b["labels"])
+        out[s : s + len(nll)] = -nll.float()
+    model.train(was_training)
+    return out
+
+
+def forget_term(
+    kind: str,
+    lg: torch.Tensor,
+    batch: dict[str, torch.Tensor],
+    *,
+    ref_logp: torch.Tensor | None = None,
+    beta: float = 0.1,
+) -> torch.Tensor:
+    """The forget loss of GA-style methods on one batch (a scalar to minimise).
+
+    ``ga``: minus the mean answer-token NLL; ``npo``: mean NPO loss over sequences (``ref_logp``
+    ``(N,)`` from :func:`sequence_logprobs`, indexed by ``batch['index']``); ``ihl``: mean inverse
+    hinge loss over answer tokens.
+    """
+    labels = batch["labels"]
+    if kind == "ga":
+        nll, count = sequence_nll(lg, labels)
+        return -nll.sum() / count.sum().clamp_min(1)
+    if kind == "npo":
+        nll, _ = sequence_nll(lg, labels)
+        return npo_loss(-nll, ref_logp[batch["index"]].to(nll.dtype), beta).mean()
+    if kind == "ihl":
+        return masked_mean(inverse_hinge(lg, labels), shift(lg, labels)[1] != IGNORE_INDEX)
+    raise ValueError(f"unknown forget loss {kind!r}; choose from: {', '.join(FORGET_LOSSES)}")
+
+
+def retain_nll(lg: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    nll, count = sequence_nll(lg, batch["labels"])
+    return nll.sum() / count.sum().clamp_min(1)
+
+
+def save_full_model(model, tokenizer, out: Path, meta: dict) -> None:
+    """A full-parameter result is a plain model directory: ``alter ... --model RUN_DIR`` loads it."""
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    meta = {**meta, "kind": "full"}
+    (out / "alter_method.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")

@@ -1,0 +1,108 @@
+"""`alter unlearn --method NAME` for the baselines, `alter methods`, and the shipped configs."""
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+from tests.test_cli_pipeline import run, synth_dir, unlearn_argv  # noqa: F401
+
+from alter.cli import _load_yaml
+from alter.methods import METHODS
+
+CONFIGS = Path(__file__).resolve().parents[1] / "src" / "alter" / "configs"
+
+
+def test_methods_lists_every_method_with_defaults(capsys):
+    code, out, _ = run(["methods"], capsys)
+    assert code == 0
+    for name, cls in METHODS.items():
+        assert f"\n{name} " in "\n" + out and cls.description in out
+    assert "defaults: lr=1e-05, beta=0.1" in out  # npo
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_method_ships_a_config_with_its_defaults(name):
+    from alter.api import resolve_baseline_configs, resolve_configs
+
+    path = CONFIGS / f"{name}.yaml"
+    text = path.read_text()
+    assert text.startswith(f"# alter unlearn --method {name} --config")
+    values = _load_yaml(path)
+    assert values.pop("method") == name
+    if name == "alter":
+        a, t = resolve_configs(values)
+        got = {**dataclasses.asdict(a), **dataclasses.asdict(t)}
+        default = {**dataclasses.asdict(type(a)()), **dataclasses.asdict(type(t)())}
+    else:
+        shared, own = resolve_baseline_configs(name, values)
+        got = {**dataclasses.asdict(shared), **dataclasses.asdict(own)}
+        default = {**dataclasses.asdict(type(shared)()), **dataclasses.asdict(type(own)())}
+        default["lr"] = METHODS[name].default_lr
+    assert got == default
+
+
+def test_no_config_for_an_unregistered_method():
+    assert {p.stem for p in CONFIGS.glob("*.yaml")} == set(METHODS)
+
+
+def test_unlearn_gd_writes_a_model_and_generate_reads_it(tmp_path, synth_dir, capsys):  # noqa: F811
+    out = tmp_path / "gd"
+    code, stdout, err = run(
+        unlearn_argv(synth_dir, out, "--method", "gd", "--max-steps", "2", "--lr", "1e-4"), capsys
+    )
+    assert code == 0, err
+    assert (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    code, stdout, err = run(
+        ["generate", "--model", str(out), "-p", "Who is Ada?", "--max-new-tokens", "3"], capsys
+    )
+    assert code == 0, err
+    assert stdout.startswith("Q: Who is Ada?")
+    code, _, err = run(
+        ["generate", "--model", "tiny-llama", "--adapter", str(out), "-p", "x"], capsys
+    )
+    assert code == 1 and "holds a full unlearned model (gd)" in err
+
+
+def test_unlearn_lora_with_a_config_file_and_generate_with_its_adapter(tmp_path, synth_dir, capsys):  # noqa: F811
+    out = tmp_path / "lora"
+    cfg = tmp_path / "lora.yaml"
+    cfg.write_text((CONFIGS / "lora.yaml").read_text().replace("loss: 'npo'", "loss: 'ihl'"))
+    code, _, err = run(
+        unlearn_argv(synth_dir, out, "--config", str(cfg), "--max-steps", "1", "--batch-size", "2"),
+        capsys,
+    )
+    assert code == 0, err
+    import json
+
+    resolved = json.loads((out / "resolved_config.json").read_text())
+    assert resolved["method"] == "lora" and resolved["method_config"]["loss"] == "ihl"
+    assert resolved["train"]["forget_batch_size"] == 2 and resolved["train"]["max_steps"] == 1
+    code, stdout, err = run(
+        [
+            "generate",
+            "--model",
+            "tiny-llama",
+            "--adapter",
+            str(out),
+            "-p",
+            "Who?",
+            "--max-new-tokens",
+            "2",
+        ],
+        capsys,
+    )
+    assert code == 0, err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "npo", "--set", "lam=0.1"], "unknown option(s) for method 'npo': lam"),
+        (["--method", "simnpo", "--set", "beta=-1"], "simnpo: beta must be > 0"),
+        (["--method", "sgd"], "unknown method 'sgd'"),
+    ],
+)
+def test_bad_method_options_are_one_line_errors(tmp_path, synth_dir, capsys, extra, message):  # noqa: F811
+    code, _, err = run(unlearn_argv(synth_dir, tmp_path / "x", *extra), capsys)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
