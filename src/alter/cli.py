@@ -275,7 +275,10 @@ def methods_cmd():
 def generate_cmd(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="question(s) to answer")],
     model: ModelOpt = "smollm2-135m",
-    adapter: Annotated[Path | None, typer.Option(help="an unlearning run with an adapter (ALTER, AsymLoRA, LoRA, ELM)")] = None,
+    adapter: Annotated[
+        Path | None,
+        typer.Option(help="an unlearning run with an adapter (ALTER, AsymLoRA, LoRA, ELM)"),
+    ] = None,
     allow_other_base: Annotated[
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,
