@@ -325,6 +325,11 @@ def demo_cmd(
     )
 
 
+from alter.cli_eval import register as _register_eval  # noqa: E402
+
+_register_eval(app)
+
+
 def _show_warning(message, category, filename, lineno, file=None, line=None):
     print(f"warning: {message}", file=sys.stderr)
 
