@@ -71,6 +71,25 @@ def _target_key(model: str, synth_cfg, ft_cfg: FinetuneConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
+def synthetic_target(model: str, bench, synth_cfg, ft_cfg: FinetuneConfig, *, echo=print, step=""):
+    """The target model fine-tuned on the built-in benchmark's forget + retain rows, cached under
+    ``$ALTER_HOME/targets/<hash>`` (keyed by the model, the data and the fine-tuning config)."""
+    target_dir = (
+        alter_home() / "targets" / f"{Path(model).name}-{_target_key(model, synth_cfg, ft_cfg)}"
+    )
+    if is_complete(target_dir):
+        echo(f"{step} target model: cached at {target_dir}".strip())
+        return target_dir
+    train_rows = bench.train_rows()
+    echo(
+        f"{step} fine-tuning the target model on forget + retain ({len(train_rows)} rows) ...".strip()
+    )
+    t0 = time.perf_counter()
+    finetune_and_save(model, train_rows, ft_cfg, target_dir, overwrite=True, evaluate=False)
+    echo(f"      done in {time.perf_counter() - t0:.0f} s -> {target_dir}")
+    return target_dir
+
+
 def run_demo(
     *,
     model: str = "smollm2-135m",
@@ -94,22 +113,12 @@ def run_demo(
     bench = make_synthetic(synth_cfg)
     out.mkdir(parents=True, exist_ok=True)
     bench.write(out / "data", overwrite=True)
-    train_rows = bench.train_rows()
-    ft_cfg = FinetuneConfig(epochs=epochs, lr=lr, max_steps=max_steps, seed=seed)
-    target_dir = (
-        alter_home() / "targets" / f"{Path(model).name}-{_target_key(model, synth_cfg, ft_cfg)}"
-    )
     echo(
         f"[1/4] built-in benchmark: forget {len(bench.forget)} rows, retain {len(bench.retain)} rows, "
         f"holdout {len(bench.holdout)} rows -> {out / 'data'}"
     )
-    t0 = time.perf_counter()
-    if is_complete(target_dir):
-        echo(f"[2/4] target model: cached at {target_dir}")
-    else:
-        echo(f"[2/4] fine-tuning the target model on forget + retain ({len(train_rows)} rows) ...")
-        finetune_and_save(model, train_rows, ft_cfg, target_dir, overwrite=True, evaluate=False)
-        echo(f"      done in {time.perf_counter() - t0:.0f} s -> {target_dir}")
+    ft_cfg = FinetuneConfig(epochs=epochs, lr=lr, max_steps=max_steps, seed=seed)
+    target_dir = synthetic_target(model, bench, synth_cfg, ft_cfg, echo=echo, step="[2/4]")
 
     run_dir = out / "alter"
     # The built-in forget set is 16 rows: the spec's 3 epochs are only 12 Stage II steps, too few
