@@ -213,7 +213,7 @@ def _fluency(
     reasons = {
         "fluency_ppl": f"all {n} generations are empty",
         "repetition_rate": f"no generation has {flu.REPETITION_N} or more words",
-        "distinct_1": f"all {n} generations are empty",
+        "distinct_1": f"none of the {n} generations has a word",
         "distinct_2": "no generation has 2 or more words",
     }
     for name, reason in reasons.items():
