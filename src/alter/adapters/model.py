@@ -48,6 +48,20 @@ def _hidden_size(config) -> int:
     raise ConfigError("cannot tell the model's hidden size")
 
 
+def cache_kwargs(model: nn.Module, cache) -> dict:
+    """The KV-cache keyword of ``model.forward``: ``cache`` (transformers >= 5.2x) or the older
+    ``past_key_values`` (still accepted there, with a deprecation warning)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"cache": cache} if "cache" in params else {"past_key_values": cache}
+
+
+def returned_cache(out):
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else getattr(out, "past_key_values", None)
+
+
 def target_names(model: nn.Module, target_modules: str) -> list[str]:
     """Names of the linear layers ``target_modules`` selects; a clear error when there are none."""
     pattern = re.compile(target_modules)
@@ -143,14 +157,14 @@ class AlterModel(nn.Module):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
-                past_key_values=past_key_values,
+                **cache_kwargs(self.model, past_key_values),
                 use_cache=past_key_values is not None,
                 output_hidden_states=True,
             )
         ent = tsallis_entropy(out.logits, self.cfg.entropy_q)
         st = tsallis_entropy(out.logits, self.cfg.q_struct) if struct else None
         pre = PrePass(entropy=ent, hidden=out.hidden_states[self.routing_layer], struct_entropy=st)
-        return pre, getattr(out, "past_key_values", None)
+        return pre, returned_cache(out)
 
     def route_from_prepass(self, pre: PrePass) -> Route:
         """Inference routing: router weights on every token, no gradients anywhere special."""
@@ -209,7 +223,7 @@ class AlterModel(nn.Module):
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=step_pos,
-                    past_key_values=base_cache,
+                    **cache_kwargs(self.model, base_cache),
                     use_cache=True,
                     output_hidden_states=True,
                 )
@@ -224,7 +238,7 @@ class AlterModel(nn.Module):
                     input_ids=step_ids,
                     attention_mask=mask,
                     position_ids=step_pos,
-                    past_key_values=adapted_cache,
+                    **cache_kwargs(self.model, adapted_cache),
                     use_cache=True,
                 )
             logits = out.logits[:, -1, :].float()

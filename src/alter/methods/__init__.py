@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from alter.errors import ConfigError
 from alter.methods.alter import ALTER
+from alter.methods.asymlora import AsymLoRA
+from alter.methods.elm import ELM
 from alter.methods.ga import GA
 from alter.methods.gd import GD
 from alter.methods.lora import LoRA
 from alter.methods.npo import NPO
 from alter.methods.npo_kl import NPOKL
+from alter.methods.rmu import RMU
 from alter.methods.simnpo import SimNPO
 
 METHODS: dict[str, type] = {
@@ -22,7 +25,10 @@ METHODS: dict[str, type] = {
     "npo": NPO,
     "npo_kl": NPOKL,
     "simnpo": SimNPO,
+    "rmu": RMU,
+    "elm": ELM,
     "lora": LoRA,
+    "asymlora": AsymLoRA,
 }
 
 
