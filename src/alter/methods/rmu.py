@@ -21,8 +21,8 @@ Defaults, scaled to the model:
   means nothing on another model; a multiple of the measured norm does (Adaptive RMU, Dang et
   al. 2025, sets ``c`` the same way).
 * ``alpha`` 100: the retain MSE is tiny at the start (the model is its own reference), so it
-  needs a large weight to bind; the paper uses 1200 for zephyr-7b, which over-regularises the
-  short runs of this package. ``lr`` 5e-5, the paper's.
+  needs a large weight to bind; the paper uses 1200 for zephyr-7b. 100 is not tuned; override it
+  with ``--set alpha=...``. ``lr`` 5e-5, the paper's.
 
 Memory: the retain reference needs the frozen model's activations on every retain batch, so one
 frozen copy of the model (its weights once more, no gradients or optimiser state) is made in
