@@ -118,6 +118,20 @@ class AlterModel(nn.Module):
     def config(self):
         return self.model.config
 
+    def __getattr__(self, name: str):
+        # Anything AlterModel does not define (tie_weights, generation_config, dtype, ...) is the
+        # wrapped model's, as with peft's wrappers: evaluation harnesses take it as an HF model.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def layers(self) -> list[AlterLinear]:
         return [m for m in self.model.modules() if isinstance(m, AlterLinear)]
 
@@ -193,7 +207,8 @@ class AlterModel(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         *,
-        max_new_tokens: int = 32,
+        max_new_tokens: int | None = None,
+        max_length: int | None = None,
         eos_token_id: int | None = None,
         pad_token_id: int | None = None,
         do_sample: bool = False,
@@ -207,6 +222,8 @@ class AlterModel(nn.Module):
         """
         from transformers import DynamicCache
 
+        if max_new_tokens is None:  # transformers' convention: max_length counts the prompt
+            max_new_tokens = max(0, max_length - input_ids.shape[1]) if max_length else 32
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         eos = eos_token_id if eos_token_id is not None else self.config.eos_token_id
