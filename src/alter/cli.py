@@ -237,8 +237,11 @@ def unlearn_cmd(
         ),
     ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing run directory")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue an interrupted run in OUT from its last checkpoint")
+    ] = False,
 ):
-    """Make MODEL forget the FORGET rows and keep the RETAIN rows; writes an adapter to OUT."""
+    """Make MODEL forget the FORGET rows and keep the RETAIN rows; writes the run to OUT."""
     from alter.pipeline import unlearn_and_save
 
     overrides = _load_yaml(config) if config else {}
@@ -258,7 +261,14 @@ def unlearn_cmd(
     }
     overrides.update({k: v for k, v in shared.items() if v is not None})
     unlearn_and_save(
-        model, forget, retain, out=out, method=method, overrides=overrides, overwrite=overwrite
+        model,
+        forget,
+        retain,
+        out=out,
+        method=method,
+        overrides=overrides,
+        overwrite=overwrite,
+        resume=resume,
     )
     typer.echo(f"saved {out}")
 

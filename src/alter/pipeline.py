@@ -235,9 +235,15 @@ def unlearn_and_save(
     method: str = "alter",
     overrides: dict | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool = True,
 ):
     """Load data and model, run the method, and (with ``out``) write the run directory atomically.
+
+    Until it finishes, the run lives in ``.<name>.partial`` beside ``out`` with resumable state
+    (every ``checkpoint_every`` steps); ``resume=True`` continues an interrupted run from its last
+    checkpoint, with the same result as an uninterrupted run. Only ``epochs``, ``max_steps``,
+    ``lr`` and ``checkpoint_every`` may differ from the interrupted run's options.
 
     Every run directory holds ``resolved_config.json``, ``metrics.jsonl`` (one line per step) and
     ``summary.json``, plus the method's artefact: ALTER and AsymLoRA adapters, a peft adapter
@@ -249,7 +255,7 @@ def unlearn_and_save(
     from alter.api import resolve_baseline_configs, resolve_configs
     from alter.data.schema import check_forget_retain, warn_all
     from alter.methods import METHODS, check_method
-    from alter.runs import check_out_dir
+    from alter.runs import RESUME_DIR, check_out_dir, partial_dir
 
     check_method(method)
     if method == "alter":
@@ -258,8 +264,12 @@ def unlearn_and_save(
     else:
         u_cfg, m_cfg = resolve_baseline_configs(method, overrides)
         configs = {"train": asdict(u_cfg), "method_config": asdict(m_cfg)}
-    if out is not None:
+    if out is not None and not resume:
         check_out_dir(out, overwrite=overwrite)
+    if resume and out is None:
+        from alter.errors import ConfigError
+
+        raise ConfigError("resume needs the run directory (out) of the interrupted run")
     forget_rows, retain_rows = _rows(forget), _rows(retain)
     warn_all(check_forget_retain(forget_rows, retain_rows))
     model, tok = load_model(model_name)
@@ -271,15 +281,29 @@ def unlearn_and_save(
         **configs,
         "alter": __version__,
     }
+    if resume:
+        _check_resumable(partial_dir(out) / "resolved_config.json", resolved)
     if out is not None:
-        ctx = atomic_dir(out, overwrite=overwrite, meta={"command": "unlearn", "method": method})
+        ctx = atomic_dir(
+            out, overwrite=overwrite, resume=resume, meta={"command": "unlearn", "method": method}
+        )
     else:  # no output asked for: logs go to a scratch directory
         ctx = contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="alter-unlearn-")))
     with ctx as tmp:
         write_json(tmp / "resolved_config.json", resolved)
+        resume_dir = tmp / RESUME_DIR if out is not None else None
         if method == "alter":
             result = _run_alter(
-                model, tok, forget_rows, retain_rows, a_cfg, t_cfg, tmp, progress, model_name
+                model,
+                tok,
+                forget_rows,
+                retain_rows,
+                a_cfg,
+                t_cfg,
+                tmp,
+                progress,
+                model_name,
+                resume_dir,
             )
         else:
             from alter.methods.loop import run_method
@@ -293,6 +317,7 @@ def unlearn_and_save(
                 retain_rows,
                 u_cfg,
                 log_path=tmp / "metrics.jsonl",
+                resume_dir=resume_dir,
                 progress=progress,
             )
             m.save(tmp, tok)
@@ -301,7 +326,48 @@ def unlearn_and_save(
     return result, tok
 
 
-def _run_alter(model, tok, forget_rows, retain_rows, a_cfg, t_cfg, tmp: Path, progress, model_name):
+RESUMABLE_CHANGES = ("epochs", "max_steps", "lr", "lr_B", "checkpoint_every")
+
+
+def _check_resumable(previous: Path, resolved: dict) -> None:
+    """A run resumes only with the options it started with (a few may change, see above)."""
+    from alter.runs import RunDirError
+
+    if not previous.is_file():
+        raise RunDirError(f"{previous.parent}: no resumable state (resolved_config.json missing)")
+    prev = json.loads(previous.read_text())
+
+    def strip(cfg: dict) -> dict:
+        out = {k: v for k, v in cfg.items() if k not in ("train", "alter")}
+        out["train"] = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_CHANGES}
+        return out
+
+    a, b = strip(prev), strip(json.loads(json.dumps(resolved, default=str)))
+    if a != b:
+        diff = sorted(
+            k
+            for part in ("train", "adapter", "method_config")
+            for k in set(a.get(part, {})) | set(b.get(part, {}))
+            if a.get(part, {}).get(k) != b.get(part, {}).get(k)
+        ) or sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        raise RunDirError(
+            f"cannot resume {previous.parent}: the interrupted run used other options "
+            f"({', '.join(diff)}); only {', '.join(RESUMABLE_CHANGES)} may change"
+        )
+
+
+def _run_alter(
+    model,
+    tok,
+    forget_rows,
+    retain_rows,
+    a_cfg,
+    t_cfg,
+    tmp: Path,
+    progress,
+    model_name,
+    resume_dir=None,
+):
     from safetensors.torch import save_file
 
     from alter.adapters.io import save_adapter
@@ -316,6 +382,7 @@ def _run_alter(model, tok, forget_rows, retain_rows, a_cfg, t_cfg, tmp: Path, pr
         train_cfg=t_cfg,
         log_path=tmp / "metrics.jsonl",
         checkpoint_dir=tmp / "checkpoints",
+        resume_dir=resume_dir,
         progress=progress,
     )
     save_adapter(am, tmp, extra={"base_model": model_name})

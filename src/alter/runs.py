@@ -10,7 +10,6 @@ import contextlib
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from alter.errors import AlterError
@@ -33,25 +32,56 @@ def check_out_dir(out: str | Path, *, overwrite: bool = False) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def atomic_dir(out: str | Path, *, overwrite: bool = False, meta: dict | None = None):
-    """Yield a temporary sibling directory; on success it replaces ``out`` in one rename.
+RESUME_DIR = "resume"
 
-    ``meta`` (plus anything the caller adds) is written to ``run_complete.json`` last.
+
+def partial_dir(out: str | Path) -> Path:
+    """Where a run is written before it is complete: ``.<name>.partial`` beside ``out``."""
+    out = Path(out).expanduser()
+    return out.parent / f".{out.name}.partial"
+
+
+@contextlib.contextmanager
+def atomic_dir(
+    out: str | Path, *, overwrite: bool = False, meta: dict | None = None, resume: bool = False
+):
+    """Yield the run's partial directory; on success it replaces ``out`` in one rename.
+
+    ``meta`` (plus anything the caller adds) is written to ``run_complete.json`` last. When the
+    work fails, the partial directory is removed, unless it holds resumable state (``resume/``,
+    see :mod:`alter.checkpoint`): then it stays for ``resume=True`` to continue from. An
+    existing partial directory is an error unless ``resume`` (continue) or ``overwrite`` (start
+    over).
     """
-    out = check_out_dir(out, overwrite=overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    out = Path(out).expanduser()
+    tmp = partial_dir(out)
+    if resume:
+        if is_complete(out):
+            raise RunDirError(f"{out}: the run already finished; there is nothing to resume")
+        if not tmp.is_dir():
+            raise RunDirError(f"{out}: no interrupted run to resume (no {tmp.name} beside it)")
+    else:
+        check_out_dir(out, overwrite=overwrite)
+        if tmp.exists():
+            if not overwrite:
+                raise RunDirError(
+                    f"{out}: an interrupted run is in {tmp}; pass --resume to continue it or "
+                    "--overwrite to start over"
+                )
+            shutil.rmtree(tmp)
+        tmp.mkdir(parents=True)
     try:
         yield tmp
-        write_json(tmp / COMPLETE_MARKER, meta or {})
-        tmp.chmod(0o755)
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        if tmp.exists():
+    except BaseException:
+        if not (tmp / RESUME_DIR).is_dir():
             shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(tmp / RESUME_DIR, ignore_errors=True)
+    write_json(tmp / COMPLETE_MARKER, meta or {})
+    tmp.chmod(0o755)
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(tmp, out)
 
 
 def is_complete(path: str | Path) -> bool:

@@ -79,8 +79,10 @@ class AlterTrainConfig:
     )
     seed: int = field(default=0, metadata={"help": "seed of batching and clustering"})
     checkpoint_every: int | None = field(
-        default=None,
-        metadata={"help": "save the adapter every N Stage II steps (checkpoints/step-N)"},
+        default=50,
+        metadata={
+            "help": "every N Stage II steps: adapter snapshot (checkpoints/step-N) + resumable state"
+        },
     )
 
     def __post_init__(self):
@@ -365,6 +367,46 @@ def forget_schedule(
     return batches
 
 
+def stage_two_plan(
+    labels: list[int], n_retain: int, tcfg: AlterTrainConfig
+) -> list[tuple[int, list[int], list[int]]]:
+    """Every Stage II step's (subdomain, forget rows, retain rows), fixed up front by the seed, so
+    a resumed run replays exactly the batches of an uninterrupted one."""
+    rng = random.Random(tcfg.seed + 1)
+    per_epoch = len(forget_schedule(labels, tcfg.forget_batch_size, random.Random(0)))
+    total = math.ceil(tcfg.epochs * per_epoch)
+    if tcfg.max_steps is not None:
+        total = min(total, tcfg.max_steps)
+    schedule: list[tuple[int, list[int]]] = []
+    retain_order: list[int] = []
+    plan = []
+    for _ in range(total):
+        if not schedule:
+            schedule = forget_schedule(labels, tcfg.forget_batch_size, rng)
+        d, f_idx = schedule.pop(0)
+        if len(retain_order) < tcfg.retain_batch_size:
+            fresh = list(range(n_retain))
+            rng.shuffle(fresh)
+            retain_order += fresh
+        r_idx = retain_order[: tcfg.retain_batch_size]
+        retain_order = retain_order[tcfg.retain_batch_size :]
+        plan.append((d, f_idx, r_idx))
+    return plan
+
+
+def stage_two_optimizer(am: AlterModel, tcfg: AlterTrainConfig) -> torch.optim.Optimizer:
+    groups = am.parameter_groups()
+    return torch.optim.AdamW(
+        [
+            {"params": groups["A"], "lr": tcfg.lr_A},
+            {"params": groups["B_r"], "lr": tcfg.lr_B},
+            {"params": groups["B_f"], "lr": tcfg.lr_B},
+            {"params": groups["router"], "lr": tcfg.lr_router},
+        ],
+        weight_decay=0.0,
+    )
+
+
 def stage_two(
     am,
     forget_enc,
@@ -378,39 +420,30 @@ def stage_two(
     progress,
     log,
     on_checkpoint=None,
+    opt: torch.optim.Optimizer | None = None,
+    start: int = 0,
 ):
-    """Asymmetric unlearning with strict gradient isolation (see the module docstring)."""
+    """Asymmetric unlearning with strict gradient isolation (see the module docstring).
+
+    ``opt`` and ``start`` continue a resumed run; ``on_checkpoint(step, opt)`` is called every
+    ``checkpoint_every`` steps.
+    """
     groups = am.parameter_groups()
-    opt = torch.optim.AdamW(
-        [
-            {"params": groups["A"], "lr": tcfg.lr_A},
-            {"params": groups["B_r"], "lr": tcfg.lr_B},
-            {"params": groups["B_f"], "lr": tcfg.lr_B},
-            {"params": groups["router"], "lr": tcfg.lr_router},
-        ],
-        weight_decay=0.0,
-    )
+    opt = opt or stage_two_optimizer(am, tcfg)
     collate = Collator(pad_id)
-    rng = random.Random(tcfg.seed + 1)
-    schedule: list[tuple[int, list[int]]] = []
-    per_epoch = len(forget_schedule(labels, tcfg.forget_batch_size, random.Random(0)))
-    total = math.ceil(tcfg.epochs * per_epoch)
-    if tcfg.max_steps is not None:
-        total = min(total, tcfg.max_steps)
-    retain_order: list[int] = []
+    plan = stage_two_plan(labels, len(retain_enc), tcfg)
+    total = len(plan)
     am.train()
-    for step in tqdm(range(total), desc="ALTER stage II", disable=not progress, unit="step"):
-        if not schedule:
-            schedule = forget_schedule(labels, tcfg.forget_batch_size, rng)
-        d, f_idx = schedule.pop(0)
-        if len(retain_order) < tcfg.retain_batch_size:
-            fresh = list(range(len(retain_enc)))
-            rng.shuffle(fresh)
-            retain_order += fresh
-        r_idx, retain_order = (
-            retain_order[: tcfg.retain_batch_size],
-            retain_order[tcfg.retain_batch_size :],
-        )
+    bar = tqdm(
+        range(start, total),
+        initial=start,
+        total=total,
+        desc="ALTER stage II",
+        disable=not progress,
+        unit="step",
+    )
+    for step in bar:
+        d, f_idx, r_idx = plan[step]
         fb = _batch(forget_enc, forget_cache, f_idx, collate)
         rb = _batch(retain_enc, retain_cache, r_idx, collate)
 
@@ -464,7 +497,7 @@ def stage_two(
             }
         )
         if on_checkpoint and tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
-            on_checkpoint(step + 1)
+            on_checkpoint(step + 1, opt)
 
 
 def unlearn_alter(
@@ -477,9 +510,18 @@ def unlearn_alter(
     train_cfg: AlterTrainConfig | None = None,
     log_path: Path | None = None,
     checkpoint_dir: Path | None = None,
+    resume_dir: Path | None = None,
     progress: bool = True,
 ) -> tuple[AlterModel, dict]:
-    """Run ALTER end to end on a plain HF causal LM; return the wrapped model and a summary."""
+    """Run ALTER end to end on a plain HF causal LM; return the wrapped model and a summary.
+
+    With ``resume_dir``, resumable state is saved there at the end of Stage I and every
+    ``checkpoint_every`` Stage II steps; a run that finds state there continues from it (the
+    pre-pass is recomputed, it is deterministic) and ends with the same adapter as an
+    uninterrupted run.
+    """
+    from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
+
     adapter_cfg = adapter_cfg or AlterConfig()
     tcfg = train_cfg or AlterTrainConfig()
     if forget.kind != "qa" or retain.kind != "qa":
@@ -526,23 +568,53 @@ def unlearn_alter(
     am = AlterModel(model, cfg)
     am.subdomains = list(names)
 
+    ckpt = latest_checkpoint(resume_dir) if resume_dir else None
+    state: dict = {}
+    tensors: dict = {}
+    opt = None
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt, {})
+        _load_adapter_tensors(am, tensors)
+        done = (state["stage"], state["step"])
+        if log_path:
+            truncate_log(log_path, lambda rec: (rec.get("stage", 0), rec.get("step", 0)) <= done)
     log_file = log_path.open("a") if log_path else None
 
     def log(rec: dict) -> None:
         if log_file:
             log_file.write(json.dumps(rec) + "\n")
+            log_file.flush()
 
-    try:
-        stage_one(am, r_enc, r_cache, pad, tcfg, progress=progress, log=log)
-        init_forget_experts(am, f_enc, f_cache, labels, pad, threshold, cfg.init_eta)
-        # Slot centroids (0 = retain, d + 1 = subdomain d) in LayerNorm(h) space; saved with the run.
-        am.centroids = init_router(am, f_cache, r_cache, f_enc, r_enc, labels, threshold)
-
-        def checkpoint(step: int) -> None:
+    def checkpoint(step: int, optimizer) -> None:
+        if checkpoint_dir is not None:
             from alter.adapters.io import save_adapter
 
             save_adapter(am, checkpoint_dir / f"step-{step}", extra={"stage2_step": step})
+        if resume_dir is not None and step < total_two:
+            save_checkpoint(
+                resume_dir,
+                step,
+                am.adapter_state_dict(),
+                {"stage2": optimizer},
+                {"stage": 2},
+            )
 
+    total_two = len(stage_two_plan(labels, len(r_enc), tcfg))
+    try:
+        if not state:
+            stage_one(am, r_enc, r_cache, pad, tcfg, progress=progress, log=log)
+            if resume_dir is not None:
+                save_checkpoint(resume_dir, 0, am.adapter_state_dict(), {}, {"stage": 1})
+        stage2_tensors = tensors if state.get("stage") == 2 else None
+        init_forget_experts(am, f_enc, f_cache, labels, pad, threshold, cfg.init_eta)
+        # Slot centroids (0 = retain, d + 1 = subdomain d) in LayerNorm(h) space; saved with the run.
+        am.centroids = init_router(am, f_cache, r_cache, f_enc, r_enc, labels, threshold)
+        start = 0
+        if stage2_tensors is not None:  # resumed mid Stage II: the checkpoint overrides the inits
+            _load_adapter_tensors(am, stage2_tensors)
+            opt = stage_two_optimizer(am, tcfg)
+            load_checkpoint(ckpt, {"stage2": opt})
+            start = state["step"]
         stage_two(
             am,
             f_enc,
@@ -554,7 +626,9 @@ def unlearn_alter(
             tcfg,
             progress=progress,
             log=log,
-            on_checkpoint=checkpoint if checkpoint_dir else None,
+            on_checkpoint=checkpoint if (checkpoint_dir or resume_dir) else None,
+            opt=opt,
+            start=start,
         )
     finally:
         if log_file:
@@ -568,10 +642,18 @@ def unlearn_alter(
         "high_fraction_answer_tokens": float((answer_entropy > threshold).float().mean()),
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
+        "resumed_from": state or None,  # {"stage": 1|2, "step": N} of the checkpoint, if any
         "train_config": asdict(tcfg),
         "adapter_config": cfg.to_dict(),
     }
     return am, summary
+
+
+@torch.no_grad()
+def _load_adapter_tensors(am: AlterModel, tensors: dict[str, torch.Tensor]) -> None:
+    params = dict(am.named_parameters())
+    for k, v in tensors.items():
+        params[k].copy_(v)
 
 
 class ALTER:

@@ -47,6 +47,10 @@ class UnlearnConfig:
     max_grad_norm: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
     max_length: int = field(default=256, metadata={"help": "tokens per row"})
     seed: int = field(default=0, metadata={"help": "seed of batching and initialisation"})
+    checkpoint_every: int | None = field(
+        default=50,
+        metadata={"help": "save resumable state every N steps (None: never); see --resume"},
+    )
 
     def __post_init__(self):
         if self.epochs <= 0:
@@ -56,8 +60,10 @@ class UnlearnConfig:
         for name in ("forget_batch_size", "retain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise ValueError(f"max_steps must be >= 1, got {self.max_steps}")
+        for name in ("max_steps", "checkpoint_every"):
+            v = getattr(self, name)
+            if v is not None and v < 1:
+                raise ValueError(f"{name} must be >= 1, got {v}")
         if self.weight_decay < 0 or self.max_grad_norm <= 0:
             raise ValueError("weight_decay must be >= 0 and max_grad_norm > 0")
         if self.max_length < 8:
@@ -119,6 +125,37 @@ def total_steps(n_forget: int, cfg: UnlearnConfig) -> int:
     return min(total, cfg.max_steps) if cfg.max_steps is not None else total
 
 
+def schedule(
+    n_forget: int, n_retain: int, cfg: UnlearnConfig, uses_retain: bool
+) -> list[tuple[list[int], list[int]]]:
+    """The row indices of every step, fixed up front by the seed (so a resumed run sees the same
+    batches as an uninterrupted one)."""
+    rng = random.Random(cfg.seed)
+    f_iter, r_iter = _cycle(n_forget, rng), _cycle(n_retain, rng)
+    out = []
+    for _ in range(total_steps(n_forget, cfg)):
+        f = [next(f_iter) for _ in range(min(cfg.forget_batch_size, n_forget))]
+        r = (
+            [next(r_iter) for _ in range(min(cfg.retain_batch_size, n_retain))]
+            if uses_retain
+            else []
+        )
+        out.append((f, r))
+    return out
+
+
+def _trainable_names(
+    method: Method, params: list[torch.nn.Parameter]
+) -> dict[str, torch.nn.Parameter]:
+    ids = {id(p) for p in params}
+    named = {
+        n: p for n, p in method.result().named_parameters(remove_duplicate=True) if id(p) in ids
+    }
+    if len(named) != len(ids):
+        raise TrainingError(f"method '{method.name}': trainable parameters outside its model")
+    return named
+
+
 def run_method(
     method: Method,
     model: torch.nn.Module,
@@ -128,9 +165,17 @@ def run_method(
     cfg: UnlearnConfig,
     *,
     log_path: Path | None = None,
+    resume_dir: Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Set up ``method`` on ``model`` and train it; returns a summary (times, steps, last losses)."""
+    """Set up ``method`` on ``model`` and train it; returns a summary (times, steps, last losses).
+
+    With ``resume_dir``, resumable state is saved there every ``cfg.checkpoint_every`` steps, and
+    a run that finds a checkpoint there continues from it (same batches, same optimiser and RNG
+    state): the result equals an uninterrupted run's.
+    """
+    from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
+
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     f_enc = encode_rows(forget, tokenizer, max_length=cfg.max_length)
@@ -140,27 +185,35 @@ def run_method(
     params = method.trainable()
     if not params:
         raise TrainingError(f"method '{method.name}' has no trainable parameters on this model")
+    named = _trainable_names(method, params)
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     collate = Collator(ctx.pad_id)
-    rng = random.Random(cfg.seed)
-    f_iter, r_iter = _cycle(len(f_enc), rng), _cycle(len(r_enc), rng)
-    total = total_steps(len(f_enc), cfg)
+    plan = schedule(len(f_enc), len(r_enc), cfg, method.uses_retain)
+    total = len(plan)
+    start, tokens = 0, 0
+    ckpt = latest_checkpoint(resume_dir) if resume_dir else None
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt, {"main": opt})
+        for group in opt.param_groups:  # a resumed run may lower the lr (e.g. after a NaN)
+            group["lr"] = lr
+        with torch.no_grad():
+            for name, p in named.items():
+                p.copy_(tensors[name])
+        start, tokens = state["step"], state["tokens"]
+        if log_path:
+            truncate_log(log_path, lambda rec: rec.get("step", 0) <= start)
     setup_s = time.perf_counter() - t0
 
     log = log_path.open("a") if log_path else None
-    bar = tqdm(total=total, desc=method.name, disable=not progress, unit="step")
-    tokens, stats = 0, {}
+    bar = tqdm(total=total, initial=start, desc=method.name, disable=not progress, unit="step")
+    stats: dict = {}
     t1 = time.perf_counter()
     try:
-        for step in range(total):
-            fb = collate(
-                [f_enc[next(f_iter)] for _ in range(min(cfg.forget_batch_size, len(f_enc)))]
-            )
-            rb = None
-            if method.uses_retain:
-                n = min(cfg.retain_batch_size, len(r_enc))
-                rb = collate([r_enc[next(r_iter)] for _ in range(n)])
+        for step in range(start, total):
+            f_idx, r_idx = plan[step]
+            fb = collate([f_enc[i] for i in f_idx])
+            rb = collate([r_enc[i] for i in r_idx]) if r_idx else None
             tokens += int(fb["attention_mask"].sum()) + (
                 int(rb["attention_mask"].sum()) if rb else 0
             )
@@ -168,13 +221,15 @@ def run_method(
             if not torch.isfinite(loss):
                 raise TrainingError(
                     f"{method.name}: loss became {loss.item()} at step {step + 1}; lower the lr"
+                    + _kept(resume_dir)
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(norm):
                 raise TrainingError(
-                    f"{method.name}: gradient norm became {float(norm)} at step {step + 1}; lower the lr"
+                    f"{method.name}: gradient norm became {float(norm)} at step {step + 1}; "
+                    "lower the lr" + _kept(resume_dir)
                 )
             opt.step()
             bar.update(1)
@@ -182,6 +237,15 @@ def run_method(
             if log:
                 rec = {"step": step + 1, "loss": loss.item(), **stats, "grad_norm": float(norm)}
                 log.write(json.dumps(rec) + "\n")
+                log.flush()
+            done = step + 1
+            if (
+                resume_dir
+                and cfg.checkpoint_every
+                and done % cfg.checkpoint_every == 0
+                and done < total
+            ):
+                save_checkpoint(resume_dir, done, dict(named), {"main": opt}, {"tokens": tokens})
     finally:
         bar.close()
         if log:
@@ -193,12 +257,22 @@ def run_method(
     return {
         "method": method.name,
         "steps": total,
+        "resumed_from_step": start if ckpt is not None else None,
         "lr": lr,
         "trainable_parameters": n_train,
         "setup_seconds": setup_s,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - t0,
         "tokens": tokens,
-        "tokens_per_second": tokens / train_s if train_s > 0 else None,
+        "tokens_per_second": (tokens / train_s) if train_s > 0 and start == 0 else None,
         "last": stats,
     }
+
+
+def _kept(resume_dir: Path | None) -> str:
+    from alter.checkpoint import latest_checkpoint
+
+    ckpt = latest_checkpoint(resume_dir) if resume_dir else None
+    if ckpt is None:
+        return ""
+    return f" (the last good checkpoint, {ckpt.name}, is kept: rerun with --resume to continue from it)"
