@@ -527,6 +527,11 @@ def unlearn_alter(
     if forget.kind != "qa" or retain.kind != "qa":
         raise ConfigError("ALTER currently trains on QA rows (question/answer); got text rows")
     target_names(model, adapter_cfg.target_modules)  # fail before any expensive work
+    has_field = all(r.get("subdomain") is not None for r in forget)
+    if not has_field and tcfg.n_subdomains is not None and tcfg.n_subdomains > len(forget):
+        raise ConfigError(
+            f"n_subdomains={tcfg.n_subdomains} is more than the {len(forget)} forget rows"
+        )
     torch.manual_seed(tcfg.seed)
     t0 = time.perf_counter()
     pad = tokenizer.pad_token_id
