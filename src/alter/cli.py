@@ -335,6 +335,70 @@ def demo_cmd(
     )
 
 
+@app.command("attack")
+def attack_cmd(
+    forget: Annotated[str, typer.Option(help="the forgotten rows (QA)")],
+    out: Annotated[Path, typer.Option(help="output directory (ATTACKS.json)")],
+    model: ModelOpt = "smollm2-135m",
+    adapter: Annotated[
+        Path | None, typer.Option(help="an unlearning run with an adapter (see `generate`)")
+    ] = None,
+    retain: Annotated[
+        str | None, typer.Option(help="retain rows: is the model still useful after the attack?")
+    ] = None,
+    attacks: Annotated[
+        str, typer.Option(help="comma-separated: none,relearn,paraphrase,prefix,int8,int4")
+    ] = "none,relearn,paraphrase,prefix,int8,int4",
+    relearn_steps: Annotated[
+        int, typer.Option(help="fine-tuning steps of the relearning attack")
+    ] = 6,
+    relearn_lr: Annotated[
+        float, typer.Option(help="learning rate of the relearning attack")
+    ] = 2e-5,
+    allow_other_base: Annotated[
+        bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+):
+    """Try to bring forgotten knowledge back (relearning, paraphrases, prefixes, quantisation)."""
+    from alter.api import load
+    from alter.attacks import check_attacks, recovery, run_attacks
+    from alter.data.schema import load_rows
+    from alter.runs import atomic_dir, check_out_dir, write_json
+
+    names = check_attacks([a.strip() for a in attacks.split(",") if a.strip()])
+    check_out_dir(out, overwrite=overwrite)
+    forget_rows = load_rows(forget)
+    retain_rows = load_rows(retain) if retain else None
+    load(model, adapter, allow_other_base=allow_other_base)  # fail on a bad model/adapter now
+    results = run_attacks(
+        lambda: load(model, adapter, allow_other_base=allow_other_base),
+        forget_rows,
+        retain_rows,
+        names,
+        relearn_steps=relearn_steps,
+        relearn_lr=relearn_lr,
+    )
+    rec = recovery(results)
+    with atomic_dir(out, overwrite=overwrite, meta={"command": "attack"}) as tmp:
+        write_json(
+            tmp / "ATTACKS.json",
+            {
+                "model": model,
+                "adapter": str(adapter) if adapter else None,
+                "results": results,
+                "forget_prob_change": rec,
+            },
+        )
+    for name, res in results.items():
+        f = res["forget"]
+        extra = f"  (change {rec[name]:+.3f})" if name in rec else ""
+        typer.echo(
+            f"{name:10s} forget prob {f['prob']:.3f}  fact recall {f.get('fact_recall', float('nan')):.3f}{extra}"
+        )
+    typer.echo(f"saved {out / 'ATTACKS.json'}")
+
+
 from alter.cli_eval import register as _register_eval  # noqa: E402
 
 _register_eval(app)
