@@ -202,3 +202,43 @@ def test_resume_refuses_other_options(tmp_path, synth):
             resume=True,
             progress=False,
         )
+
+
+def test_finetune_resumes_to_the_uninterrupted_result(tmp_path):
+    from alter.train import FinetuneConfig, finetune
+
+    rows = make_synthetic(SMALL).train_rows()
+    cfg = FinetuneConfig(epochs=3, lr=1e-3, checkpoint_every=3)
+
+    def run(resume_dir, fail_at=None):
+        resume_dir.parent.mkdir(parents=True, exist_ok=True)
+        model, tok = load_model("tiny-llama")
+        if fail_at is not None:
+            calls = []
+            forward = model.forward
+
+            def failing(*a, **k):
+                calls.append(1)
+                if len(calls) == fail_at:
+                    raise Boom
+                return forward(*a, **k)
+
+            model.forward = failing
+        model = finetune(
+            model,
+            tok,
+            rows,
+            cfg,
+            log_path=resume_dir.parent / "m.jsonl",
+            resume_dir=resume_dir,
+            progress=False,
+        )
+        return {n: p.detach().clone() for n, p in model.named_parameters()}
+
+    straight = run(tmp_path / "a" / "resume")
+    with pytest.raises(Boom):
+        run(tmp_path / "b" / "resume", fail_at=8)  # checkpoints at steps 3 and 6
+    resumed = run(tmp_path / "b" / "resume")
+    assert all(torch.equal(straight[n], resumed[n]) for n in straight)
+    steps = [json.loads(line)["step"] for line in (tmp_path / "b" / "m.jsonl").open()]
+    assert steps == sorted(set(steps)) and steps[-1] == len(steps)

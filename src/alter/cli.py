@@ -158,7 +158,13 @@ def finetune_cmd(
     evaluate: Annotated[
         bool, typer.Option("--eval/--no-eval", help="answer NLL before and after")
     ] = True,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="save resumable state every N steps")
+    ] = 50,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="continue an interrupted run in OUT from its last checkpoint")
+    ] = False,
 ):
     """Teach a model a set of facts (how you make the target model to unlearn from)."""
     from alter.data.schema import duplicate_warnings, load_rows, warn_all
@@ -173,15 +179,19 @@ def finetune_cmd(
         max_steps=max_steps,
         max_length=max_length,
         seed=seed,
+        checkpoint_every=checkpoint_every,
     )
     from alter.runs import check_out_dir
 
-    check_out_dir(out, overwrite=overwrite)
+    if not resume:
+        check_out_dir(out, overwrite=overwrite)
     rows = load_rows(data)
     warn_all(duplicate_warnings(rows))
     from alter.pipeline import finetune_and_save
 
-    result = finetune_and_save(model, rows, cfg, out, overwrite=overwrite, evaluate=evaluate)
+    result = finetune_and_save(
+        model, rows, cfg, out, overwrite=overwrite, resume=resume, evaluate=evaluate
+    )
     if evaluate:
         b, a = result["eval_before"], result["eval_after"]
         typer.echo(

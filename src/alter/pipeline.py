@@ -12,7 +12,7 @@ from pathlib import Path
 from alter import __version__
 from alter.evals.qa import as_dicts, qa_metrics, summarise
 from alter.models import alter_home, load_model
-from alter.runs import atomic_dir, is_complete, write_json
+from alter.runs import RESUME_DIR, atomic_dir, is_complete, partial_dir, write_json
 from alter.train import FinetuneConfig, finetune, save_model
 
 
@@ -23,13 +23,15 @@ def finetune_and_save(
     out: Path,
     *,
     overwrite: bool = False,
+    resume: bool = False,
     evaluate: bool = True,
     progress: bool = True,
 ) -> dict:
     """Load ``model_name``, fine-tune on ``rows``, save to ``out`` atomically; return a summary.
 
     With ``evaluate`` the answer NLL on the training rows is measured before and after (teacher
-    forcing only: cheap, and it is what fine-tuning optimises).
+    forcing only: cheap, and it is what fine-tuning optimises). ``resume`` continues an
+    interrupted run from its last checkpoint (see :func:`alter.train.finetune`).
     """
     model, tok = load_model(model_name, seed=cfg.seed)
     result: dict = {
@@ -43,10 +45,18 @@ def finetune_and_save(
             qa_metrics(model, tok, rows, generate=False, progress=progress)
         )
     with atomic_dir(
-        out, overwrite=overwrite, meta={"command": "finetune", "alter": __version__}
+        out, overwrite=overwrite, resume=resume, meta={"command": "finetune", "alter": __version__}
     ) as tmp:
         t0 = time.perf_counter()
-        model = finetune(model, tok, rows, cfg, log_path=tmp / "metrics.jsonl", progress=progress)
+        model = finetune(
+            model,
+            tok,
+            rows,
+            cfg,
+            log_path=tmp / "metrics.jsonl",
+            resume_dir=tmp / RESUME_DIR,
+            progress=progress,
+        )
         result["train_seconds"] = time.perf_counter() - t0
         if evaluate:
             result["eval_after"] = summarise(
@@ -62,9 +72,20 @@ def finetune_and_save(
 DEMO_ALTER_EPOCHS = 10.0
 
 
+def _result_fields(ft_cfg: FinetuneConfig) -> dict:
+    """The fine-tuning options in the cache key: checkpointing does not change the model (kept out
+    so the key of a target cached before the option existed stays the same)."""
+    return {k: v for k, v in asdict(ft_cfg).items() if k != "checkpoint_every"}
+
+
 def _target_key(model: str, synth_cfg, ft_cfg: FinetuneConfig) -> str:
     blob = json.dumps(
-        {"model": model, "synth": asdict(synth_cfg), "ft": asdict(ft_cfg), "alter": __version__},
+        {
+            "model": model,
+            "synth": asdict(synth_cfg),
+            "ft": _result_fields(ft_cfg),
+            "alter": __version__,
+        },
         sort_keys=True,
         default=str,
     )
@@ -85,7 +106,11 @@ def synthetic_target(model: str, bench, synth_cfg, ft_cfg: FinetuneConfig, *, ec
         f"{step} fine-tuning the target model on forget + retain ({len(train_rows)} rows) ...".strip()
     )
     t0 = time.perf_counter()
-    finetune_and_save(model, train_rows, ft_cfg, target_dir, overwrite=True, evaluate=False)
+    # An interrupted fine-tuning (the demo was stopped) continues from its last checkpoint.
+    resume = (partial_dir(target_dir) / RESUME_DIR).is_dir()
+    finetune_and_save(
+        model, train_rows, ft_cfg, target_dir, overwrite=not resume, resume=resume, evaluate=False
+    )
     echo(f"      done in {time.perf_counter() - t0:.0f} s -> {target_dir}")
     return target_dir
 
@@ -255,7 +280,7 @@ def unlearn_and_save(
     from alter.api import resolve_baseline_configs, resolve_configs
     from alter.data.schema import check_forget_retain, warn_all
     from alter.methods import METHODS, check_method
-    from alter.runs import RESUME_DIR, check_out_dir, partial_dir
+    from alter.runs import check_out_dir
 
     check_method(method)
     if method == "alter":

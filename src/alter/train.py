@@ -44,6 +44,9 @@ class FinetuneConfig:
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (mode=lora)"})
     seed: int = field(default=0, metadata={"help": "seed for shuffling and initialisation"})
     log_every: int = field(default=1, metadata={"help": "log metrics every N steps"})
+    checkpoint_every: int | None = field(
+        default=50, metadata={"help": "save resumable state every N steps (None: never)"}
+    )
 
     def __post_init__(self):
         if self.mode not in ("full", "lora"):
@@ -60,6 +63,8 @@ class FinetuneConfig:
             raise ValueError(f"warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
         if self.max_length < 8:
             raise ValueError(f"max_length must be >= 8, got {self.max_length}")
+        if self.checkpoint_every is not None and self.checkpoint_every < 1:
+            raise ValueError(f"checkpoint_every must be >= 1, got {self.checkpoint_every}")
 
 
 def linear_schedule(step: int, total: int, warmup: int) -> float:
@@ -76,9 +81,17 @@ def finetune(
     cfg: FinetuneConfig,
     *,
     log_path: Path | None = None,
+    resume_dir: Path | None = None,
     progress: bool = True,
 ):
-    """Train ``model`` on QA/text ``rows`` and return the trained (merged) model."""
+    """Train ``model`` on QA/text ``rows`` and return the trained (merged) model.
+
+    With ``resume_dir``, resumable state (trainable weights, optimiser, scheduler, RNG, step) is
+    saved there every ``cfg.checkpoint_every`` steps, and a run that finds it continues from it
+    with the same result as an uninterrupted run.
+    """
+    from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
+
     torch.manual_seed(cfg.seed)
     encoded = encode_rows(rows, tokenizer, max_length=cfg.max_length)
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
@@ -86,55 +99,81 @@ def finetune(
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
     warmup = int(cfg.warmup_ratio * total)
+    # Every step's rows, fixed up front: a resumed run sees the same batches.
+    gen = torch.Generator().manual_seed(cfg.seed)
+    plan: list[list[int]] = []
+    while len(plan) < total:
+        order = torch.randperm(len(encoded), generator=gen).tolist()
+        plan += [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
+    plan = plan[:total]
 
     if cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
         model = get_peft_model(model, lora)
-    params = [p for p in model.parameters() if p.requires_grad]
+    named = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, warmup))
     collate = Collator(tokenizer.pad_token_id)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    start = 0
+    ckpt = latest_checkpoint(resume_dir) if resume_dir else None
+    if ckpt is not None:
+        tensors, state = load_checkpoint(ckpt, {"main": opt})
+        with torch.no_grad():
+            for n, p in named.items():
+                p.copy_(tensors[n])
+        sched.load_state_dict(state["scheduler"])
+        start = state["step"]
+        if log_path:
+            truncate_log(log_path, lambda rec: rec.get("step", 0) <= start)
 
     model.train()
     log = log_path.open("a") if log_path else None
-    bar = tqdm(total=total, desc=f"finetune ({cfg.mode})", disable=not progress, unit="step")
-    step, start = 0, time.perf_counter()
+    bar = tqdm(
+        total=total, initial=start, desc=f"finetune ({cfg.mode})", disable=not progress, unit="step"
+    )
+    t0 = time.perf_counter()
     try:
-        while step < total:
-            order = torch.randperm(len(encoded), generator=gen).tolist()
-            for s in range(0, len(order), cfg.batch_size):
-                if step >= total:
-                    break
-                batch = collate([encoded[i] for i in order[s : s + cfg.batch_size]])
-                logits = model(
-                    input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-                ).logits
-                loss = mean_token_nll(logits, batch["labels"])
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f"loss became {loss.item()} at step {step}; lower --lr"
-                    )
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                step += 1
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}")
-                if log and (step % cfg.log_every == 0 or step == total):
-                    rec = {
-                        "step": step,
-                        "epoch": step / steps_per_epoch,
-                        "loss": loss.item(),
-                        "grad_norm": float(grad_norm),
-                        "lr": sched.get_last_lr()[0],
-                        "elapsed_s": time.perf_counter() - start,
-                    }
-                    log.write(json.dumps(rec) + "\n")
+        for step in range(start, total):
+            batch = collate([encoded[i] for i in plan[step]])
+            logits = model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            ).logits
+            loss = mean_token_nll(logits, batch["labels"])
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"loss became {loss.item()} at step {step + 1}; lower --lr"
+                )
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            opt.step()
+            sched.step()
+            done = step + 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if log and (done % cfg.log_every == 0 or done == total):
+                rec = {
+                    "step": done,
+                    "epoch": done / steps_per_epoch,
+                    "loss": loss.item(),
+                    "grad_norm": float(grad_norm),
+                    "lr": sched.get_last_lr()[0],
+                    "elapsed_s": time.perf_counter() - t0,
+                }
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if (
+                resume_dir
+                and cfg.checkpoint_every
+                and done % cfg.checkpoint_every == 0
+                and done < total
+            ):
+                save_checkpoint(
+                    resume_dir, done, named, {"main": opt}, {"scheduler": sched.state_dict()}
+                )
     finally:
         bar.close()
         if log:
