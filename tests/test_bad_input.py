@@ -117,3 +117,28 @@ def test_tokenizer_without_pad_token_gets_one():
     model.config.pad_token_id = None
     model, tok = _prepare(model, tok)
     assert tok.pad_token_id == tok.eos_token_id and model.config.pad_token_id == tok.pad_token_id
+
+
+@pytest.mark.parametrize(
+    "exc", [MemoryError(), RuntimeError("CUDA out of memory. Tried to allocate")]
+)
+def test_out_of_memory_gives_advice_not_a_traceback(exc, tmp_path, synth_dir, capsys, monkeypatch):  # noqa: F811
+    import alter.pipeline
+
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(alter.pipeline, "unlearn_and_save", boom)
+    code, _, err = run(unlearn_argv(synth_dir, tmp_path / "out"), capsys)
+    assert code == 1 and err.startswith("error: out of memory") and "--batch-size" in err
+
+
+def test_other_exceptions_are_not_swallowed(tmp_path, synth_dir, capsys, monkeypatch):  # noqa: F811
+    import alter.pipeline
+
+    def boom(*a, **k):
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(alter.pipeline, "unlearn_and_save", boom)
+    with pytest.raises(RuntimeError, match="a bug"):
+        run(unlearn_argv(synth_dir, tmp_path / "out"), capsys)

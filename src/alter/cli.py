@@ -430,7 +430,26 @@ def main(argv: list[str] | None = None) -> int:
     except AlterError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not _is_out_of_memory(e):
+            raise
+        print(f"error: out of memory ({type(e).__name__}). {OOM_ADVICE}", file=sys.stderr)
+        return 1
     return 0
+
+
+OOM_ADVICE = (
+    "Try fewer rows per step (--batch-size 2 or 1), shorter rows (--set max_length=128), a "
+    "smaller model, or a machine with more memory; runs with checkpoints continue with --resume."
+)
+
+
+def _is_out_of_memory(e: BaseException) -> bool:
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or (isinstance(e, RuntimeError) and "out of memory" in str(e).lower())
+    )
 
 
 if __name__ == "__main__":
