@@ -1,0 +1,231 @@
+"""Efficiency of ALTER on this machine, as ratios measured in one run (docs/PERFORMANCE.md).
+
+    python bench/efficiency.py [--model smollm2-135m] [--steps 8] [--out runs/efficiency.json]
+
+Measures, on the built-in benchmark's rows and the same batches for every contender:
+
+1. the fp32 matmul peak (GFLOP/s) of this machine, in this process;
+2. training throughput (tokens/s, excluding set-up) of ALTER's Stage II step, a plain peft LoRA
+   step (same rank, same seven projections, IHL + retain NLL), AsymLoRA, and full-parameter GA
+   and NPO steps, all through their real training code (``stage_two`` / ``run_method``);
+3. ALTER's tokens/s against the FLOP floor ``4 * n_params * tokens / peak`` (forward 2NT plus
+   the activation-gradient half of the backward 2NT: the base weights get no gradient);
+4. expert scaling: Stage II step time with D = 8 forget experts over D = 1;
+5. inference: log-likelihood evaluation and greedy ``generate`` tokens/s of the ALTER-wrapped
+   model over the plain model (ALTER runs the frozen base pre-pass, so ~2 forwards per token);
+6. peak RSS of one ALTER run and one full-parameter run (separate subprocesses).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+def matmul_peak(n: int = 2048, reps: int = 10) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b  # warm-up
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def alter_stage_two(model_name, bench, steps, n_experts, seed=0) -> dict:
+    """Time ``steps`` Stage II steps with ``n_experts`` forget experts (oracle labels round-robin)."""
+    from alter.adapters.config import AlterConfig
+    from alter.adapters.model import AlterModel, num_layers
+    from alter.data.collate import encode_rows
+    from alter.methods.alter import AlterTrainConfig, base_cache, stage_two, stage_two_plan
+    from alter.models import load_model
+
+    model, tok = load_model(model_name)
+    f_enc, r_enc = encode_rows(bench.forget, tok), encode_rows(bench.retain, tok)
+    layer = num_layers(model.config) // 2
+    kw = {"layer": layer, "q": 1.0, "q_struct": 0.5, "progress": False}
+    f_cache = base_cache(model, f_enc, tok.pad_token_id, **kw)
+    r_cache = base_cache(model, r_enc, tok.pad_token_id, **kw)
+    labels = [i % n_experts for i in range(len(f_enc))]
+    am = AlterModel(model, AlterConfig(n_forget_experts=n_experts, routing_layer=layer))
+    tcfg = AlterTrainConfig(epochs=1000, max_steps=steps, seed=seed, checkpoint_every=None)
+    plan = stage_two_plan(labels, len(r_enc), tcfg)
+    tokens = sum(len(f_enc[i].input_ids) for _, f, _ in plan for i in f) + sum(
+        len(r_enc[i].input_ids) for _, _, r in plan for i in r
+    )
+    # one warm-up step, then the timed steps
+    stage_two(
+        am,
+        f_enc,
+        f_cache,
+        labels,
+        r_enc,
+        r_cache,
+        tok.pad_token_id,
+        AlterTrainConfig(epochs=1000, max_steps=1, checkpoint_every=None),
+        progress=False,
+        log=lambda r: None,
+    )
+    t0 = time.perf_counter()
+    stage_two(
+        am,
+        f_enc,
+        f_cache,
+        labels,
+        r_enc,
+        r_cache,
+        tok.pad_token_id,
+        tcfg,
+        progress=False,
+        log=lambda r: None,
+    )
+    secs = time.perf_counter() - t0
+    n_params = sum(p.numel() for p in model.parameters())
+    return {
+        "seconds": secs,
+        "steps": steps,
+        "tokens": tokens,
+        "tokens_per_second": tokens / secs,
+        "n_params": n_params,
+        "n_experts": n_experts,
+    }
+
+
+def baseline(model_name, bench, method, steps, **overrides) -> dict:
+    from alter.api import resolve_baseline_configs
+    from alter.methods import METHODS
+    from alter.methods.loop import run_method
+    from alter.models import load_model
+
+    model, tok = load_model(model_name)
+    u, m = resolve_baseline_configs(
+        method, {"epochs": 1000, "max_steps": steps, "checkpoint_every": None, **overrides}
+    )
+    s = run_method(METHODS[method](m), model, tok, bench.forget, bench.retain, u, progress=False)
+    return {
+        "seconds": s["train_seconds"],
+        "steps": steps,
+        "tokens": s["tokens"],
+        "tokens_per_second": s["tokens_per_second"],
+    }
+
+
+@torch.no_grad()
+def inference(model_name, bench, n_rows=32, new_tokens=32) -> dict:
+    from alter.adapters.config import AlterConfig
+    from alter.adapters.model import AlterModel
+    from alter.evals.qa import answer_nll, generate_answers
+    from alter.models import load_model
+
+    rows = bench.retain
+    from alter.data.schema import RowSet
+
+    rows = RowSet(list(rows)[:n_rows], source="retain-head", kind="qa")
+    out = {}
+    for name in ("base", "alter"):
+        model, tok = load_model(model_name)
+        if name == "alter":
+            model = AlterModel(model, AlterConfig(n_forget_experts=2))
+            with torch.no_grad():  # non-zero experts so the routed path is exercised
+                for m in model.layers():
+                    m.alter_B_r.normal_(std=1e-3)
+                    for b in m.alter_B_f:
+                        b.normal_(std=1e-3)
+            model.eval()
+        answer_nll(model, tok, RowSet(list(rows)[:4], source="w", kind="qa"))  # warm-up
+        t0 = time.perf_counter()
+        nll = answer_nll(model, tok, rows)
+        t_ll = time.perf_counter() - t0
+        from alter.data.collate import encode_rows
+
+        ll_tokens = sum(len(e.input_ids) for e in encode_rows(rows, tok))
+        t0 = time.perf_counter()
+        gens = generate_answers(
+            model, tok, [r["question"] for r in rows], max_new_tokens=new_tokens
+        )
+        t_gen = time.perf_counter() - t0
+        out[name] = {
+            "loglik_tokens_per_second": ll_tokens / t_ll,
+            "generate_rows_per_second": len(gens) / t_gen,
+            "generate_seconds": t_gen,
+            "loglik_seconds": t_ll,
+            "rows": len(nll),
+        }
+    out["loglik_ratio"] = (
+        out["alter"]["loglik_tokens_per_second"] / out["base"]["loglik_tokens_per_second"]
+    )
+    out["generate_ratio"] = out["base"]["generate_seconds"] / out["alter"]["generate_seconds"]
+    return out
+
+
+def peak_rss(model_name: str, method: str, steps: int) -> float:
+    """Peak RSS (MB) of a subprocess that loads the model and runs ``steps`` steps of ``method``."""
+    code = (
+        "import resource, sys, json\n"
+        "from alter.data.synthetic import make_synthetic\n"
+        "from alter.pipeline import unlearn_and_save\n"
+        "b = make_synthetic()\n"
+        f"unlearn_and_save({model_name!r}, b.forget, b.retain, method={method!r}, "
+        f"overrides={{'max_steps': {steps}, 'epochs': 1000, 'checkpoint_every': None"
+        + (", 'stage1_max_steps': 2" if method == "alter" else "")
+        + "}, progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(res.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--out", default="runs/efficiency.json")
+    args = ap.parse_args()
+    from alter.data.synthetic import make_synthetic
+
+    bench = make_synthetic()
+    res: dict = {"threads": torch.get_num_threads(), "model": args.model}
+    res["matmul_gflops"] = matmul_peak()
+    print(f"matmul peak {res['matmul_gflops']:.0f} GFLOP/s", flush=True)
+    res["alter_D2"] = alter_stage_two(args.model, bench, args.steps, 2)
+    res["alter_D1"] = alter_stage_two(args.model, bench, args.steps, 1)
+    res["alter_D8"] = alter_stage_two(args.model, bench, args.steps, 8)
+    for m, ov in (("lora", {"loss": "ihl", "lr": 1e-3}), ("asymlora", {}), ("ga", {}), ("npo", {})):
+        res[m] = baseline(args.model, bench, m, args.steps, **ov)
+        print(m, res[m], flush=True)
+    a = res["alter_D2"]
+    floor_s = 4 * a["n_params"] * a["tokens"] / (res["matmul_gflops"] * 1e9)
+    res["ratios"] = {
+        "alter_vs_flop_floor": floor_s / a["seconds"],
+        "alter_vs_lora_tokens_per_s": a["tokens_per_second"] / res["lora"]["tokens_per_second"],
+        "alter_vs_asymlora_tokens_per_s": a["tokens_per_second"]
+        / res["asymlora"]["tokens_per_second"],
+        "alter_vs_ga_step_time": (a["seconds"] / a["steps"])
+        / (res["ga"]["seconds"] / res["ga"]["steps"]),
+        "alter_vs_npo_step_time": (a["seconds"] / a["steps"])
+        / (res["npo"]["seconds"] / res["npo"]["steps"]),
+        "experts_D8_over_D1_time": res["alter_D8"]["seconds"] / res["alter_D1"]["seconds"],
+    }
+    res["inference"] = inference(args.model, bench)
+    res["ratios"]["alter_vs_base_loglik"] = res["inference"]["loglik_ratio"]
+    res["ratios"]["alter_vs_base_generate"] = res["inference"]["generate_ratio"]
+    res["peak_rss_mb"] = {m: peak_rss(args.model, m, 4) for m in ("alter", "ga")}
+    res["ratios"]["alter_vs_full_ft_peak_rss"] = (
+        res["peak_rss_mb"]["alter"] / res["peak_rss_mb"]["ga"]
+    )
+    res["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(res["ratios"], indent=2))
+
+
+if __name__ == "__main__":
+    main()
