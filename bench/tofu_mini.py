@@ -1,0 +1,171 @@
+"""tofu-mini: the TOFU protocol at CPU scale, on the real TOFU files.
+
+    python bench/tofu_mini.py [--data ../shared/data] [--methods alter,gd,npo,simnpo] \
+        [--retain-items 160] [--epochs 5] [--out runs/tofu-mini]
+
+Authors: TOFU's forget01 authors (the last two of the 200: 40 QA rows) are forgotten; the
+retain authors are the first ones, as many as TOFU's ``retain_perturbed`` evaluation set needs
+to cover its first ``--retain-items`` items (so retain utility is measured on facts the target
+was taught). The target is SmolLM2 fine-tuned on forget + retain rows, the retain model on the
+retain rows only (the reference of forget quality), both cached under OUT. Every method then
+unlearns the 40 forget rows with the same budget (``--epochs`` passes, batches of 4 + 4, the
+method's default lr) and is evaluated with the full TOFU metric set (`alter eval --benchmark
+tofu`: forget01 + retain_perturbed[:N] + real_authors + world_facts, forget quality against the
+retain model, model utility). The same command with ``--retain-items 400`` and all 200 authors is
+the full protocol, for a GPU. Resumable: finished stages are skipped. Writes OUT/table.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+FORGET_AUTHORS = (198, 199)  # forget01
+ROWS_PER_AUTHOR = 20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--data", default="../shared/data")
+    ap.add_argument("--methods", default="alter,gd,npo,simnpo")
+    ap.add_argument("--retain-items", type=int, default=160)
+    ap.add_argument("--epochs", type=float, default=5.0)
+    ap.add_argument("--ft-epochs", type=float, default=5.0)
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--out", default="runs/tofu-mini")
+    args = ap.parse_args()
+
+    from alter.data.benchmarks import load_tofu
+    from alter.data.schema import RowSet
+    from alter.evals.runner import EvalOptions, run_eval
+    from alter.pipeline import finetune_and_save, unlearn_and_save
+    from alter.runs import is_complete
+    from alter.train import FinetuneConfig
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    tofu_dir = Path(args.data) / "tofu"
+    full = list(load_tofu("full", tofu_dir))
+    index = {r["question"]: i for i, r in enumerate(full)}
+    covered = [
+        index[r["question"]]
+        for r in list(load_tofu("retain_perturbed", tofu_dir))[: args.retain_items]
+    ]
+    n_retain_authors = max(covered) // ROWS_PER_AUTHOR + 1
+    retain = RowSet(
+        full[: n_retain_authors * ROWS_PER_AUTHOR], source="tofu-mini:retain", kind="qa"
+    )
+    forget = RowSet(
+        [full[a * ROWS_PER_AUTHOR + j] for a in FORGET_AUTHORS for j in range(ROWS_PER_AUTHOR)],
+        source="tofu-mini:forget01",
+        kind="qa",
+    )
+    assert [r["question"] for r in forget] == [
+        r["question"] for r in load_tofu("forget01", tofu_dir)
+    ]
+    print(
+        f"tofu-mini: forget {len(forget)} rows (authors {FORGET_AUTHORS}), retain {len(retain)} rows "
+        f"({n_retain_authors} authors)",
+        flush=True,
+    )
+    ft = FinetuneConfig(epochs=args.ft_epochs, lr=5e-5, seed=0)
+    models = {
+        "target": RowSet([*retain, *forget], source="tofu-mini:train", kind="qa"),
+        "retain_model": retain,
+    }
+    timings = (
+        json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
+    )
+    for name, rows in models.items():
+        if not is_complete(out / name):
+            t0 = time.perf_counter()
+            finetune_and_save(args.model, rows, ft, out / name, overwrite=True, evaluate=False)
+            timings[f"finetune_{name}"] = time.perf_counter() - t0
+            (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+    opts = EvalOptions(forget_split="forget01", max_new_tokens=args.max_new_tokens, fluency=True)
+
+    def evaluate(tag: str, model: str, adapter: str | None, reference) -> None:
+        d = out / "evals" / tag
+        if is_complete(d):
+            return
+        t0 = time.perf_counter()
+        run_eval(
+            model,
+            adapter,
+            "tofu",
+            args.data,
+            d,
+            reference,
+            args.retain_items,
+            options=opts,
+            overwrite=True,
+        )
+        timings[f"eval_{tag}"] = time.perf_counter() - t0
+        (out / "timings.json").write_text(json.dumps(timings, indent=2))
+
+    evaluate("retain_model", str(out / "retain_model"), None, None)
+    reference = out / "evals" / "retain_model"
+    evaluate("target", str(out / "target"), None, reference)
+    for m in args.methods.split(","):
+        run = out / "runs" / m
+        if not is_complete(run):
+            t0 = time.perf_counter()
+            unlearn_and_save(
+                str(out / "target"),
+                forget,
+                retain,
+                out=run,
+                method=m,
+                overrides={"epochs": args.epochs, "seed": 0},
+                overwrite=True,
+            )
+            timings[f"unlearn_{m}"] = time.perf_counter() - t0
+            (out / "timings.json").write_text(json.dumps(timings, indent=2))
+        meta = run / "alter_method.json"
+        full_model = meta.is_file() and json.loads(meta.read_text()).get("kind") == "full"
+        evaluate(
+            m,
+            str(run) if full_model else str(out / "target"),
+            None if full_model else str(run),
+            reference,
+        )
+
+    keys = (
+        "forget_quality",
+        "model_utility",
+        "forget_Q_A_Prob",
+        "forget_Q_A_ROUGE",
+        "forget_truth_ratio",
+        "retain_Q_A_Prob",
+        "retain_Q_A_ROUGE",
+    )
+    rows = ["| model | " + " | ".join(keys) + " | unlearn s |", "|" + "---|" * (len(keys) + 2)]
+    for tag in ["retain_model", "target", *args.methods.split(",")]:
+        p = out / "evals" / tag / "TOFU_SUMMARY.json"
+        if not p.is_file():
+            continue
+        s = json.loads(p.read_text())
+        cells = []
+        for k in keys:
+            v = s.get(k)
+            cells.append(
+                "n/a" if v is None else (f"{v:.3g}" if k == "forget_quality" else f"{v:.3f}")
+            )
+        wall = timings.get(f"unlearn_{tag}")
+        rows.append(
+            f"| {tag} | " + " | ".join(cells) + f" | {wall:.0f} |"
+            if wall
+            else f"| {tag} | " + " | ".join(cells) + " | - |"
+        )
+    (out / "table.md").write_text("\n".join(rows) + "\n")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
