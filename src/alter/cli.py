@@ -161,12 +161,25 @@ def finetune_cmd(
     checkpoint_every: Annotated[
         int | None, typer.Option(help="save resumable state every N steps")
     ] = 50,
+    grad_accum: Annotated[
+        int, typer.Option(help="micro-batches per step (less memory, same step)")
+    ] = 1,
+    gradient_checkpointing: Annotated[
+        bool, typer.Option(help="recompute activations in backward (less memory)")
+    ] = False,
+    mixed_precision: Annotated[
+        str | None,
+        typer.Option(help="no | bf16 (autocast, for GPUs); default: the accelerate launch setting"),
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     resume: Annotated[
         bool, typer.Option(help="continue an interrupted run in OUT from its last checkpoint")
     ] = False,
 ):
-    """Teach a model a set of facts (how you make the target model to unlearn from)."""
+    """Teach a model a set of facts (how you make the target model to unlearn from).
+
+    Runs data-parallel under `accelerate launch ... -m alter.cli finetune ...` (docs/SCALING.md).
+    """
     from alter.data.schema import duplicate_warnings, load_rows, warn_all
     from alter.train import FinetuneConfig
 
@@ -180,6 +193,9 @@ def finetune_cmd(
         max_length=max_length,
         seed=seed,
         checkpoint_every=checkpoint_every,
+        grad_accum=grad_accum,
+        gradient_checkpointing=gradient_checkpointing,
+        mixed_precision=mixed_precision,
     )
     from alter.runs import check_out_dir
 
@@ -192,6 +208,10 @@ def finetune_cmd(
     result = finetune_and_save(
         model, rows, cfg, out, overwrite=overwrite, resume=resume, evaluate=evaluate
     )
+    from alter.distributed import is_main_process
+
+    if not is_main_process():
+        return
     if evaluate:
         b, a = result["eval_before"], result["eval_after"]
         typer.echo(
@@ -251,7 +271,11 @@ def unlearn_cmd(
         bool, typer.Option(help="continue an interrupted run in OUT from its last checkpoint")
     ] = False,
 ):
-    """Make MODEL forget the FORGET rows and keep the RETAIN rows; writes the run to OUT."""
+    """Make MODEL forget the FORGET rows and keep the RETAIN rows; writes the run to OUT.
+
+    Runs data-parallel under `accelerate launch ... -m alter.cli unlearn ...`; grad_accum,
+    gradient_checkpointing and mixed_precision are --set options (docs/SCALING.md).
+    """
     from alter.pipeline import unlearn_and_save
 
     overrides = _load_yaml(config) if config else {}
@@ -280,7 +304,10 @@ def unlearn_cmd(
         overwrite=overwrite,
         resume=resume,
     )
-    typer.echo(f"saved {out}")
+    from alter.distributed import is_main_process
+
+    if is_main_process():
+        typer.echo(f"saved {out}")
 
 
 @app.command("methods")

@@ -126,8 +126,11 @@ def eval_cmd(
         options=opts,
         overwrite=overwrite,
     )
-    _show(summary)
-    typer.echo(f"saved {out}")
+    from alter.distributed import is_main_process
+
+    if is_main_process():
+        _show(summary)
+        typer.echo(f"saved {out}")
 
 
 def report_cmd(

@@ -1,7 +1,11 @@
 """Pure loss helpers. Shapes: logits ``(B, T, V)``, labels ``(B, T)`` with ``-100`` = ignored.
 
 Labels are aligned with ``input_ids`` (as in Hugging Face models): position ``t`` of the logits
-predicts label ``t + 1``. Functions return per-token or per-sequence values; callers reduce.
+predicts label ``t + 1``. Functions return per-token or per-sequence values; callers reduce, with
+the three reducing helpers :func:`masked_mean`, :func:`ratio_mean` and :func:`batch_mean` (and
+:func:`router_cross_entropy`). In a data-parallel step (:mod:`alter.distributed`) these return
+this process's share of the mean over the step's global batch; otherwise they compute exactly
+what they always did.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from alter.data.collate import IGNORE_INDEX
+from alter.distributed import share, sharing
 
 
 def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -39,7 +44,22 @@ def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
 def mean_token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean NLL over every supervised token of the batch (the usual LM fine-tuning loss)."""
     total, count = sequence_nll(logits, labels)
+    return ratio_mean(total, count)
+
+
+def ratio_mean(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """``sum(total) / sum(count)``: per-sequence sums ``(B,)`` and token counts ``(B,)`` to a
+    mean per token (0 when there are no tokens)."""
+    if sharing():
+        return share(total.sum(), count.sum())
     return total.sum() / count.sum().clamp_min(1)
+
+
+def batch_mean(values: torch.Tensor) -> torch.Tensor:
+    """``values.mean()`` over every element (rows or positions) of the batch."""
+    if sharing():
+        return share(values.sum(), values.numel())
+    return values.mean()
 
 
 def inverse_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -61,6 +81,8 @@ def inverse_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean of ``values`` over True positions of ``mask`` (0 when the mask is empty, with grad)."""
     mask = mask.to(values.dtype)
+    if sharing():
+        return share((values * mask).sum(), mask.sum())
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
@@ -81,6 +103,8 @@ def router_cross_entropy(logits: torch.Tensor, slots: torch.Tensor) -> torch.Ten
 
     Label 0 = "no forget expert" (retain tokens), ``d + 1`` = forget subdomain ``d``.
     """
+    if sharing():
+        return share(F.cross_entropy(logits.float(), slots, reduction="sum"), len(slots))
     return F.cross_entropy(logits.float(), slots)
 
 

@@ -310,3 +310,20 @@ def eval_mode(model: torch.nn.Module):
         yield model
     finally:
         model.train(was_training)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, context_fn=None) -> None:
+    """Activation checkpointing of a Hugging Face model's blocks, non-reentrant (so inputs from
+    frozen layers still pass gradient to adapters); ``context_fn`` as in
+    ``torch.utils.checkpoint`` (ALTER uses it to restore its routing in the recomputation)."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        raise ModelError(f"{type(model).__name__} does not support gradient checkpointing")
+    kwargs: dict = {"use_reentrant": False}
+    if context_fn is not None:
+        kwargs["context_fn"] = context_fn
+    # transformers 5 renamed gradient_checkpointing_enable (kept there as a deprecated alias).
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)

@@ -1,4 +1,9 @@
-"""Multi-step workflows behind the CLI: fine-tune and save, and the end-to-end demo."""
+"""Multi-step workflows behind the CLI: fine-tune and save, unlearn and save, the end-to-end demo.
+
+``finetune_and_save`` and ``unlearn_and_save`` also run under ``accelerate launch`` (see
+:mod:`alter.distributed`): every process trains its share, only rank 0 writes the run directory,
+the others wait at barriers. ``run_demo`` is single-process.
+"""
 
 from __future__ import annotations
 
@@ -10,10 +15,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alter import __version__
+from alter.distributed import Runtime, launch_runtime, sharded_eval
 from alter.evals.qa import as_dicts, qa_metrics, summarise
 from alter.models import alter_home, load_model
-from alter.runs import RESUME_DIR, atomic_dir, is_complete, partial_dir, write_json
+from alter.runs import RESUME_DIR, is_complete, partial_dir, run_dir, write_json
 from alter.train import FinetuneConfig, finetune, save_model
+
+
+def _place(model, rt: Runtime):
+    """The model on the process's device (a no-op for a plain CPU run)."""
+    if next(model.parameters()).device != rt.device:
+        model.to(rt.device)
+    return model
 
 
 def finetune_and_save(
@@ -33,20 +46,25 @@ def finetune_and_save(
     forcing only: cheap, and it is what fine-tuning optimises). ``resume`` continues an
     interrupted run from its last checkpoint (see :func:`alter.train.finetune`).
     """
+    rt = launch_runtime(cfg.mixed_precision)
+    progress = progress and rt.is_main
     model, tok = load_model(model_name, seed=cfg.seed)
+    _place(model, rt)
     result: dict = {
         "model": model_name,
         "data": rows.source,
         "rows": len(rows),
         "config": asdict(cfg),
+        "processes": rt.world,
     }
     if evaluate:
-        result["eval_before"] = summarise(
-            qa_metrics(model, tok, rows, generate=False, progress=progress)
-        )
-    with atomic_dir(
-        out, overwrite=overwrite, resume=resume, meta={"command": "finetune", "alter": __version__}
-    ) as tmp:
+        with sharded_eval(rt):
+            result["eval_before"] = summarise(
+                qa_metrics(model, tok, rows, generate=False, progress=progress)
+            )
+    meta = {"command": "finetune", "alter": __version__}
+    with run_dir(out, rt, overwrite=overwrite, resume=resume, meta=meta) as tmp:
+        rt.barrier()  # rank 0 has made the partial directory
         t0 = time.perf_counter()
         model = finetune(
             model,
@@ -56,26 +74,39 @@ def finetune_and_save(
             log_path=tmp / "metrics.jsonl",
             resume_dir=tmp / RESUME_DIR,
             progress=progress,
+            runtime=rt,
         )
         result["train_seconds"] = time.perf_counter() - t0
         if evaluate:
-            result["eval_after"] = summarise(
-                qa_metrics(model, tok, rows, generate=False, progress=progress)
+            with sharded_eval(rt):
+                result["eval_after"] = summarise(
+                    qa_metrics(model, tok, rows, generate=False, progress=progress)
+                )
+        if rt.is_main:
+            save_model(
+                model, tok, tmp, config=cfg, extra={"base_model": model_name, "data": rows.source}
             )
-        save_model(
-            model, tok, tmp, config=cfg, extra={"base_model": model_name, "data": rows.source}
-        )
-        write_json(tmp / "finetune_summary.json", result)
+            write_json(tmp / "finetune_summary.json", result)
+    rt.barrier()  # the others return once rank 0 has put the run in place
     return result
 
 
 DEMO_ALTER_EPOCHS = 10.0
 
 
+# Options that do not change the fine-tuned model, and options added after targets were first
+# cached: both stay out of the cache key (the latter at their defaults), so old keys still hold.
+_KEY_EXCLUDED = ("checkpoint_every", "gradient_checkpointing")
+_KEY_DEFAULTS = {"grad_accum": 1, "mixed_precision": None}
+
+
 def _result_fields(ft_cfg: FinetuneConfig) -> dict:
-    """The fine-tuning options in the cache key: checkpointing does not change the model (kept out
-    so the key of a target cached before the option existed stays the same)."""
-    return {k: v for k, v in asdict(ft_cfg).items() if k != "checkpoint_every"}
+    """The fine-tuning options in the cache key."""
+    return {
+        k: v
+        for k, v in asdict(ft_cfg).items()
+        if k not in _KEY_EXCLUDED and _KEY_DEFAULTS.get(k, object()) != v
+    }
 
 
 def _target_key(model: str, synth_cfg, ft_cfg: FinetuneConfig) -> str:
@@ -286,9 +317,11 @@ def unlearn_and_save(
     if method == "alter":
         a_cfg, t_cfg = resolve_configs(overrides, method)
         configs = {"adapter": asdict(a_cfg), "train": asdict(t_cfg)}
+        train_cfg = t_cfg
     else:
         u_cfg, m_cfg = resolve_baseline_configs(method, overrides)
         configs = {"train": asdict(u_cfg), "method_config": asdict(m_cfg)}
+        train_cfg = u_cfg
     if out is not None and not resume:
         check_out_dir(out, overwrite=overwrite)
     if resume and out is None:
@@ -297,7 +330,10 @@ def unlearn_and_save(
         raise ConfigError("resume needs the run directory (out) of the interrupted run")
     forget_rows, retain_rows = _rows(forget), _rows(retain)
     warn_all(check_forget_retain(forget_rows, retain_rows))
+    rt = launch_runtime(train_cfg.mixed_precision)
+    progress = progress and rt.is_main
     model, tok = load_model(model_name)
+    _place(model, rt)
     resolved = {
         "method": method,
         "model": model_name,
@@ -309,13 +345,14 @@ def unlearn_and_save(
     if resume:
         _check_resumable(partial_dir(out) / "resolved_config.json", resolved)
     if out is not None:
-        ctx = atomic_dir(
-            out, overwrite=overwrite, resume=resume, meta={"command": "unlearn", "method": method}
-        )
+        meta = {"command": "unlearn", "method": method}
+        ctx = run_dir(out, rt, overwrite=overwrite, resume=resume, meta=meta)
     else:  # no output asked for: logs go to a scratch directory
         ctx = contextlib.nullcontext(Path(tempfile.mkdtemp(prefix="alter-unlearn-")))
     with ctx as tmp:
-        write_json(tmp / "resolved_config.json", resolved)
+        rt.barrier()  # rank 0 has made (or emptied) the partial directory
+        if rt.is_main:
+            write_json(tmp / "resolved_config.json", resolved)
         resume_dir = tmp / RESUME_DIR if out is not None else None
         if method == "alter":
             result = _run_alter(
@@ -329,6 +366,7 @@ def unlearn_and_save(
                 progress,
                 model_name,
                 resume_dir,
+                runtime=rt,
             )
         else:
             from alter.methods.loop import run_method
@@ -344,14 +382,29 @@ def unlearn_and_save(
                 log_path=tmp / "metrics.jsonl",
                 resume_dir=resume_dir,
                 progress=progress,
+                runtime=rt,
             )
-            m.save(tmp, tok)
-            write_json(tmp / "summary.json", summary)
+            if rt.is_main:
+                m.save(tmp, tok)
+                write_json(tmp / "summary.json", summary)
             result = m.result()
+    rt.barrier()  # the others return once rank 0 has put the run in place
     return result, tok
 
 
-RESUMABLE_CHANGES = ("epochs", "max_steps", "lr", "lr_B", "checkpoint_every")
+RESUMABLE_CHANGES = (
+    "epochs",
+    "max_steps",
+    "lr",
+    "lr_B",
+    "checkpoint_every",
+    "gradient_checkpointing",
+)
+
+
+# Training options added after runs were first written: an interrupted run that predates them
+# resumes when they are at their defaults.
+_ADDED_DEFAULTS = {"grad_accum": 1, "mixed_precision": None, "prepass_batch_size": 8}
 
 
 def _check_resumable(previous: Path, resolved: dict) -> None:
@@ -364,7 +417,11 @@ def _check_resumable(previous: Path, resolved: dict) -> None:
 
     def strip(cfg: dict) -> dict:
         out = {k: v for k, v in cfg.items() if k not in ("train", "alter")}
-        out["train"] = {k: v for k, v in cfg.get("train", {}).items() if k not in RESUMABLE_CHANGES}
+        out["train"] = {
+            k: v
+            for k, v in cfg.get("train", {}).items()
+            if k not in RESUMABLE_CHANGES and _ADDED_DEFAULTS.get(k, object()) != v
+        }
         return out
 
     a, b = strip(prev), strip(json.loads(json.dumps(resolved, default=str)))
@@ -392,6 +449,8 @@ def _run_alter(
     progress,
     model_name,
     resume_dir=None,
+    *,
+    runtime: Runtime | None = None,
 ):
     from safetensors.torch import save_file
 
@@ -409,7 +468,10 @@ def _run_alter(
         checkpoint_dir=tmp / "checkpoints",
         resume_dir=resume_dir,
         progress=progress,
+        runtime=runtime,
     )
+    if runtime is not None and not runtime.is_main:
+        return am
     save_adapter(am, tmp, extra={"base_model": model_name})
     save_file({"centroids": am.centroids.contiguous()}, str(tmp / "centroids.safetensors"))
     subdomains = {

@@ -55,19 +55,9 @@ def atomic_dir(
     """
     out = Path(out).expanduser()
     tmp = partial_dir(out)
-    if resume:
-        if is_complete(out):
-            raise RunDirError(f"{out}: the run already finished; there is nothing to resume")
-        if not tmp.is_dir():
-            raise RunDirError(f"{out}: no interrupted run to resume (no {tmp.name} beside it)")
-    else:
-        check_out_dir(out, overwrite=overwrite)
+    check_atomic(out, overwrite=overwrite, resume=resume)
+    if not resume:
         if tmp.exists():
-            if not overwrite:
-                raise RunDirError(
-                    f"{out}: an interrupted run is in {tmp}; pass --resume to continue it or "
-                    "--overwrite to start over"
-                )
             shutil.rmtree(tmp)
         tmp.mkdir(parents=True)
     try:
@@ -82,6 +72,35 @@ def atomic_dir(
     if out.exists():
         shutil.rmtree(out)
     os.replace(tmp, out)
+
+
+def check_atomic(out: str | Path, *, overwrite: bool = False, resume: bool = False) -> None:
+    """What :func:`atomic_dir` checks before it touches anything (in a distributed run every
+    process checks, then only rank 0 enters :func:`atomic_dir`)."""
+    out = Path(out).expanduser()
+    tmp = partial_dir(out)
+    if resume:
+        if is_complete(out):
+            raise RunDirError(f"{out}: the run already finished; there is nothing to resume")
+        if not tmp.is_dir():
+            raise RunDirError(f"{out}: no interrupted run to resume (no {tmp.name} beside it)")
+        return
+    check_out_dir(out, overwrite=overwrite)
+    if tmp.exists() and not overwrite:
+        raise RunDirError(
+            f"{out}: an interrupted run is in {tmp}; pass --resume to continue it or "
+            "--overwrite to start over"
+        )
+
+
+def run_dir(out: str | Path, rt, **kwargs):
+    """:func:`atomic_dir` on rank 0; on the other processes of a distributed run, the same
+    partial directory without writing anything (they only read checkpoints from it)."""
+    check_atomic(out, overwrite=kwargs.get("overwrite", False), resume=kwargs.get("resume", False))
+    rt.barrier()  # every process has checked before rank 0 creates or empties anything
+    if rt.is_main:
+        return atomic_dir(out, **kwargs)
+    return contextlib.nullcontext(partial_dir(out))
 
 
 def is_complete(path: str | Path) -> bool:

@@ -4,6 +4,10 @@ One loop, read top to bottom: seeded shuffling, AdamW, linear warm-up then linea
 clipping, a progress bar, one JSON line of metrics per logged step. ``mode="full"`` trains every
 weight; ``mode="lora"`` trains a peft LoRA on all linear layers and merges it back, so either way
 the result is a plain Hugging Face model directory.
+
+Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
+gradients are summed over processes (:mod:`alter.distributed`): the same steps and the same loss
+as one process, one replica per process, rank 0 writing.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
-from alter.data.collate import Collator, encode_rows
+from alter.data.collate import Collator, encode_rows, to_device
+from alter.distributed import Runtime, check_scale_options, launch_runtime
 from alter.losses import mean_token_nll
+from alter.models import enable_gradient_checkpointing
 
 
 @dataclass
@@ -47,8 +53,27 @@ class FinetuneConfig:
     checkpoint_every: int | None = field(
         default=50, metadata={"help": "save resumable state every N steps (None: never)"}
     )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per step (one backward each): less memory, same step; the "
+            "loss is the mean of the micro-batch means"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
+            "(its --mixed_precision or config file), 'no' outside accelerate launch"
+        },
+    )
 
     def __post_init__(self):
+        check_scale_options(self)
         if self.mode not in ("full", "lora"):
             raise ValueError(f"mode must be 'full' or 'lora', got {self.mode!r}")
         if self.epochs <= 0:
@@ -83,15 +108,20 @@ def finetune(
     log_path: Path | None = None,
     resume_dir: Path | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ):
     """Train ``model`` on QA/text ``rows`` and return the trained (merged) model.
 
     With ``resume_dir``, resumable state (trainable weights, optimiser, scheduler, RNG, step) is
     saved there every ``cfg.checkpoint_every`` steps, and a run that finds it continues from it
-    with the same result as an uninterrupted run.
+    with the same result as an uninterrupted run. With a distributed ``runtime`` only rank 0
+    writes the log and checkpoints.
     """
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
+    rt = runtime or launch_runtime(cfg.mixed_precision)
+    if not rt.is_main:
+        log_path, progress = None, False
     torch.manual_seed(cfg.seed)
     encoded = encode_rows(rows, tokenizer, max_length=cfg.max_length)
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
@@ -107,6 +137,8 @@ def finetune(
         plan += [order[s : s + cfg.batch_size] for s in range(0, len(order), cfg.batch_size)]
     plan = plan[:total]
 
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     if cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
@@ -135,30 +167,36 @@ def finetune(
         total=total, initial=start, desc=f"finetune ({cfg.mode})", disable=not progress, unit="step"
     )
     t0 = time.perf_counter()
+    k = cfg.grad_accum
     try:
         for step in range(start, total):
-            batch = collate([encoded[i] for i in plan[step]])
-            logits = model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
-            ).logits
-            loss = mean_token_nll(logits, batch["labels"])
-            if not torch.isfinite(loss):
-                raise FloatingPointError(
-                    f"loss became {loss.item()} at step {step + 1}; lower --lr"
-                )
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            loss_sum = 0.0
+            # The rows go in the "forget" slot of a split: there is only one kind here.
+            for part in rt.parts(plan[step], [], k):
+                batch = to_device(collate([encoded[i] for i in part.forget]), rt.device)
+                with rt.step(), rt.autocast(), rt.weighted(part.forget_weight):
+                    logits = model(
+                        input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+                    ).logits
+                    loss = mean_token_nll(logits, batch["labels"])
+                (loss / k if k > 1 else loss).backward()
+                loss_sum += loss.item() / k if k > 1 else loss.item()
+            (loss_value,) = rt.sum([loss_sum])
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr")
+            rt.all_reduce_grads(params)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             done = step + 1
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
             if log and (done % cfg.log_every == 0 or done == total):
                 rec = {
                     "step": done,
                     "epoch": done / steps_per_epoch,
-                    "loss": loss.item(),
+                    "loss": loss_value,
                     "grad_norm": float(grad_norm),
                     "lr": sched.get_last_lr()[0],
                     "elapsed_s": time.perf_counter() - t0,
@@ -166,7 +204,8 @@ def finetune(
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if (
-                resume_dir
+                rt.is_main
+                and resume_dir
                 and cfg.checkpoint_every
                 and done % cfg.checkpoint_every == 0
                 and done < total

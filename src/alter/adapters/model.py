@@ -159,6 +159,32 @@ class AlterModel(nn.Module):
             for m in layers:
                 m.route = None
 
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the wrapped model's blocks in backward. The route and the adapter switch are
+        context state, gone when backward runs, so the recomputation reinstalls the ones that were
+        in force when the block first ran (``context_fn`` of ``torch.utils.checkpoint``)."""
+        from alter.models import enable_gradient_checkpointing
+
+        layers = self.layers()
+
+        def contexts():
+            saved = [(m.route, m.enabled) for m in layers]
+
+            @contextlib.contextmanager
+            def recompute():
+                now = [(m.route, m.enabled) for m in layers]
+                for m, (route, enabled) in zip(layers, saved, strict=True):
+                    m.route, m.enabled = route, enabled
+                try:
+                    yield
+                finally:
+                    for m, (route, enabled) in zip(layers, now, strict=True):
+                        m.route, m.enabled = route, enabled
+
+            return contextlib.nullcontext(), recompute()
+
+        enable_gradient_checkpointing(self.model, context_fn=contexts)
+
     # -- the base pre-pass ------------------------------------------------------------------
     @torch.no_grad()
     def prepass(
@@ -233,7 +259,7 @@ class AlterModel(nn.Module):
         step_ids = ids
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         step_pos = position_ids
-        done = torch.zeros(ids.shape[0], dtype=torch.bool)
+        done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
             with self.adapters_disabled():
                 base = self.model(

@@ -123,6 +123,11 @@ class Collator:
         return {"input_ids": ids, "attention_mask": mask, "labels": labels, "index": index}
 
 
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    """The batch's tensors on ``device`` (the same tensors when they are already there)."""
+    return {k: v.to(device) for k, v in batch.items()}
+
+
 def batches(encoded: list[Encoded], batch_size: int, pad_token_id: int, *, sort: bool = False):
     """Yield padded batches in order (``sort=True`` groups similar lengths: faster evaluation)."""
     order = list(range(len(encoded)))

@@ -25,7 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alter import entropy as ent
-from alter.data.collate import batches, encode_rows
+from alter.data.collate import batches, encode_rows, to_device
 from alter.models import eval_mode
 
 
@@ -50,6 +50,7 @@ def answer_token_entropies(
     enc = encode_rows(list(rows), tokenizer, max_length=max_length)
     out = []
     n_batches = math.ceil(len(enc) / batch_size)
+    device = next(model.parameters()).device
     with eval_mode(model):
         for b in tqdm(
             batches(enc, batch_size, tokenizer.pad_token_id, sort=True),
@@ -58,9 +59,10 @@ def answer_token_entropies(
             disable=not progress,
             leave=False,
         ):
+            b = to_device(b, device)
             with context() if context is not None else contextlib.nullcontext():
                 logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            out.append(ent.answer_entropies(ent.token_entropy(logits, q), b["labels"]))
+            out.append(ent.answer_entropies(ent.token_entropy(logits, q), b["labels"]).cpu())
     return torch.cat(out) if out else torch.zeros(0)
 
 

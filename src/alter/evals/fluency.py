@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from alter.data.collate import IGNORE_INDEX, Collator, Encoded
+from alter.data.collate import IGNORE_INDEX, Collator, Encoded, to_device
 from alter.losses import sequence_nll
 from alter.models import eval_mode
 
@@ -152,9 +152,10 @@ def generation_nll(
     enc.sort(key=lambda e: len(e.input_ids))
     collate = Collator(tokenizer.pad_token_id)
     starts = range(0, len(enc), batch_size)
+    device = next(model.parameters()).device
     with eval_mode(model):
         for s in tqdm(starts, desc="fluency", disable=not progress, leave=False):
-            b = collate(enc[s : s + batch_size])
+            b = to_device(collate(enc[s : s + batch_size]), device)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             total, count = sequence_nll(logits, b["labels"])
             for i, t, c in zip(b["index"].tolist(), total.tolist(), count.tolist(), strict=True):

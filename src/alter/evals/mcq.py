@@ -168,7 +168,8 @@ def _logit_rows(
         for b, i in enumerate(idx):
             ids[b, : len(seqs[i])] = torch.tensor(seqs[i])
             mask[b, : len(seqs[i])] = 1
-        logits = model(input_ids=ids, attention_mask=mask).logits
+        device = next(model.parameters()).device
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         for b, i in enumerate(idx):
             yield i, logits[b, : len(seqs[i])]
 
@@ -219,7 +220,7 @@ def choice_loglikelihoods(
         for p, logits in _logit_rows(model, seqs, pad, batch_size, progress, "mcq choices"):
             i, j, _, cont = pairs[p]
             lp = torch.log_softmax(logits[-len(cont) :].float(), dim=-1)
-            out[i][j] = lp.gather(-1, torch.tensor(cont)[:, None]).sum().item()
+            out[i][j] = lp.gather(-1, torch.tensor(cont, device=lp.device)[:, None]).sum().item()
     return out
 
 

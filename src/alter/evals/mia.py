@@ -45,7 +45,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from alter.data.collate import IGNORE_INDEX, batches, encode_rows
+from alter.data.collate import IGNORE_INDEX, batches, encode_rows, to_device
 from alter.models import eval_mode
 
 ATTACKS = ("loss", "zlib", "min_k", "min_k_plus_plus")
@@ -118,10 +118,12 @@ def token_logprobs(
     out: list[TokenStats | None] = [None] * len(enc)
     n_batches = math.ceil(len(enc) / batch_size)
     it = batches(enc, batch_size, tokenizer.pad_token_id, sort=True)
+    device = next(model.parameters()).device
     with eval_mode(model):
         for b in tqdm(
             it, total=n_batches, desc="token log-probs", disable=not progress, leave=False
         ):
+            b = to_device(b, device)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             for i, st in zip(
                 b["index"].tolist(), stats_from_logits(logits, b["labels"]), strict=True

@@ -154,6 +154,7 @@ def generate_continuations(
     out = [""] * len(encoded)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     n_batches = math.ceil(len(order) / batch_size)
+    device = next(model.parameters()).device
     with eval_mode(model):
         for s in tqdm(
             range(0, len(order), batch_size),
@@ -170,13 +171,13 @@ def generate_continuations(
                 ids[b, width - len(encoded[i]) :] = torch.tensor(encoded[i])
                 mask[b, width - len(encoded[i]) :] = 1
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=tokenizer.eos_token_id,
-            )
+            ).cpu()
             for b, i in enumerate(idx):
                 out[i] = tokenizer.decode(gen[b, width:], skip_special_tokens=True)
     return out

@@ -8,6 +8,11 @@
   benchmark) appears in the generation, case-insensitively; only when rows carry ``value``.
 
 Every function returns per-row values; :func:`summarise` gives means.
+
+Inside :func:`alter.distributed.sharded_eval` (``alter eval`` under ``accelerate launch``) the
+likelihoods and the generations are computed on a contiguous slice of the rows per process and
+gathered on every process, in row order (batches differ from one process's, so values can differ
+in the last float bits).
 """
 
 from __future__ import annotations
@@ -17,7 +22,8 @@ from dataclasses import asdict, dataclass
 import torch
 from tqdm.auto import tqdm
 
-from alter.data.collate import batches, encode_rows, format_prompt
+from alter.data.collate import batches, encode_rows, format_prompt, to_device
+from alter.distributed import eval_shard, gather_rows
 from alter.losses import sequence_nll
 from alter.models import eval_mode
 
@@ -37,13 +43,29 @@ def answer_nll(
     model, tokenizer, rows, *, batch_size: int = 8, max_length: int = 512, progress: bool = False
 ) -> list[tuple[float, int]]:
     """Per row: ``(summed answer NLL, answer token count)``, in the rows' order."""
+    rt = eval_shard()
+    if rt is not None:
+        rows = list(rows)
+        return gather_rows(
+            rt,
+            len(rows),
+            lambda idx: _answer_nll(
+                model, tokenizer, [rows[i] for i in idx], batch_size, max_length, progress
+            ),
+        )
+    return _answer_nll(model, tokenizer, rows, batch_size, max_length, progress)
+
+
+def _answer_nll(model, tokenizer, rows, batch_size, max_length, progress):
     enc = encode_rows(rows, tokenizer, max_length=max_length)
     out: list[tuple[float, int] | None] = [None] * len(enc)
     pad = tokenizer.pad_token_id
     it = batches(enc, batch_size, pad, sort=True)
     n_batches = (len(enc) + batch_size - 1) // batch_size
+    device = next(model.parameters()).device
     with eval_mode(model):
         for b in tqdm(it, total=n_batches, desc="likelihood", disable=not progress, leave=False):
+            b = to_device(b, device)
             logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
             total, count = sequence_nll(logits, b["labels"])
             for i, t, c in zip(b["index"].tolist(), total.tolist(), count.tolist(), strict=True):
@@ -62,6 +84,20 @@ def generate_answers(
     progress: bool = False,
 ) -> list[str]:
     """Greedy answers to each question, with the same prompt format as training."""
+    rt = eval_shard()
+    if rt is not None:
+        return gather_rows(
+            rt,
+            len(questions),
+            lambda idx: _generate(
+                model, tokenizer, [questions[i] for i in idx], max_new_tokens, batch_size, progress
+            ),
+        )
+    return _generate(model, tokenizer, questions, max_new_tokens, batch_size, progress)
+
+
+@torch.no_grad()
+def _generate(model, tokenizer, questions, max_new_tokens, batch_size, progress) -> list[str]:
     prompts = [
         tokenizer(format_prompt(tokenizer, q), add_special_tokens=False)["input_ids"]
         for q in questions
@@ -71,6 +107,7 @@ def generate_answers(
     pad = tokenizer.pad_token_id
     eos = tokenizer.eos_token_id
     n_batches = (len(order) + batch_size - 1) // batch_size
+    device = next(model.parameters()).device
     with eval_mode(model):
         for s in tqdm(
             range(0, len(order), batch_size),
@@ -89,13 +126,13 @@ def generate_answers(
                 ids[b, width - len(p) :] = torch.tensor(p)
                 mask[b, width - len(p) :] = 1
             gen = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
+                input_ids=ids.to(device),
+                attention_mask=mask.to(device),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=pad,
                 eos_token_id=eos,
-            )
+            ).cpu()
             for b, i in enumerate(idx):
                 answers[i] = tokenizer.decode(gen[b, width:], skip_special_tokens=True).strip()
     return answers

@@ -21,6 +21,13 @@ under the *original* model: the base model with the adapter switched off, or ``o
 ``entropy`` the high/low entropy split of the original and the evaluated model is compared
 (:mod:`alter.evals.entropy_stability`).
 
+Under ``accelerate launch`` every process loads the model on its device and runs the benchmark
+with :func:`alter.distributed.sharded_eval`: the answer likelihoods and greedy generations of
+:mod:`alter.evals.qa` (the synthetic benchmark's QA metrics, TOFU's probabilities, truth ratios
+and generations) are split across the processes and gathered; the rest (MIA token statistics,
+fluency perplexity, MUSE, MCQ, entropy stability) is computed by every process, in full. Only
+rank 0 writes.
+
 Everything the user can get wrong (benchmark, data directory, reference, output directory,
 options) is checked before the model is loaded and raises :class:`EvalError` (or another
 :class:`~alter.errors.AlterError`); results are written with :func:`alter.runs.atomic_dir`, so an
@@ -34,7 +41,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -42,10 +49,11 @@ import torch
 
 from alter.data.benchmarks import MMLU_SUBJECTS, WMDP_SUBSETS, default_data_dir
 from alter.data.schema import DataError, RowSet
+from alter.distributed import launch_runtime, sharded_eval
 from alter.errors import AlterError
 from alter.evals import fluency as flu
 from alter.evals.results import entry, write_results
-from alter.runs import atomic_dir, check_out_dir, write_json
+from alter.runs import check_out_dir, run_dir, write_json
 
 TOFU_FORGET_SPLITS = ("forget01", "forget05", "forget10")
 # WMDP's paper reports these MMLU subjects next to WMDP (auxiliary knowledge close to the hazard).
@@ -693,9 +701,15 @@ def run_eval(
     data = resolve_data_dir(name, data_dir, opts)
     bench = BENCHMARKS[name].prepare(data, reference, limit, opts)
 
+    rt = launch_runtime("no")  # evaluation needs no autocast, whatever the launcher says
+    if not rt.is_main and opts.progress:
+        opts = replace(opts, progress=False)
     torch.manual_seed(opts.seed)
     t0 = time.perf_counter()
     lm = _load(model_spec, adapter, opts)
+    for m in {id(lm.model): lm.model, id(lm.original): lm.original}.values():
+        if next(m.parameters()).device != rt.device:
+            m.to(rt.device)
     config = {
         "benchmark": name,
         "model": model_spec,
@@ -706,18 +720,23 @@ def run_eval(
         "original_model": lm.original_name,
         "options": asdict(opts),
     }
-    with atomic_dir(out, overwrite=overwrite, meta={"command": "eval", **config}) as tmp:
-        ev, summary = bench.run(lm, opts)
-        if opts.entropy:
-            summary.update(_entropy(lm, bench, opts, tmp))
-        ev["meta"] = {**ev.get("meta", {}), **config}
-        write_results(tmp, name, ev, summary)
-        config["eval_seconds"] = round(time.perf_counter() - t0, 2)
-        write_json(tmp / CONFIG_FILE, config)
+    with run_dir(out, rt, overwrite=overwrite, meta={"command": "eval", **config}) as tmp:
+        with sharded_eval(rt):
+            ev, summary = bench.run(lm, opts)
+            if opts.entropy:
+                summary.update(_entropy(lm, bench, opts, tmp if rt.is_main else None))
+        if rt.is_main:
+            ev["meta"] = {**ev.get("meta", {}), **config}
+            write_results(tmp, name, ev, summary)
+            config["eval_seconds"] = round(time.perf_counter() - t0, 2)
+            config["processes"] = rt.world
+            write_json(tmp / CONFIG_FILE, config)
+    rt.barrier()  # the others return once rank 0 has put the results in place
     return summary
 
 
-def _entropy(lm: Loaded, bench, opts: EvalOptions, out: Path) -> dict:
+def _entropy(lm: Loaded, bench, opts: EvalOptions, out: Path | None) -> dict:
+    """Entropy stability; ``out`` None computes without writing (non-main processes)."""
     from alter.evals.entropy_stability import entropy_stability
 
     cfg = getattr(lm.model, "cfg", None)
@@ -736,7 +755,8 @@ def _entropy(lm: Loaded, bench, opts: EvalOptions, out: Path) -> dict:
         progress=opts.progress,
     )
     report["original_model"] = lm.original_name
-    write_json(out / ENTROPY_FILE, report)
+    if out is not None:
+        write_json(out / ENTROPY_FILE, report)
     stab = report["splits"]["all"]["stability"]
     return {
         "entropy_threshold": report["threshold"],

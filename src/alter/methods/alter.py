@@ -19,6 +19,13 @@ high-entropy positions; the router is trained by cross-entropy on detached base 
 
 Token entropy is the frozen base model's, computed once for the training rows (a no-grad
 pre-pass) together with the routing layer's hidden states.
+
+Under ``accelerate launch`` (:mod:`alter.distributed`) the pre-pass is split by batches over the
+processes and gathered, so every process holds the same cache, bit for bit the single-process
+one (the same batches run through the same model); clustering, threshold and initialisation are
+then computed by every process from it, identically. Each step's rows are split over the
+processes, the loss terms are shares of the global-batch means, gradients are summed: routing
+and gradient isolation are those of a single process.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from alter.adapters.config import AlterConfig
 from alter.adapters.layer import AlterLinear, Route
 from alter.adapters.model import AlterModel, count_adapter_parameters, num_layers, target_names
 from alter.adapters.router import router_features
-from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_rows
+from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_rows, to_device
+from alter.distributed import Runtime, check_scale_options, launch_runtime
 from alter.entropy import adaptive_threshold, tsallis_entropy
 from alter.errors import ConfigError
 from alter.losses import (
@@ -84,8 +92,36 @@ class AlterTrainConfig:
             "help": "every N Stage II steps: adapter snapshot (checkpoints/step-N) + resumable state"
         },
     )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per step (one backward each): less memory, same step; the "
+            "loss is the mean of the micro-batch means"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
+            "(its --mixed_precision or config file), 'no' outside accelerate launch"
+        },
+    )
+    prepass_batch_size: int = field(
+        default=8,
+        metadata={
+            "help": "rows per forward of the base pre-pass (its peak is rows x tokens x vocab "
+            "logits; see docs/SCALING.md)"
+        },
+    )
 
     def __post_init__(self):
+        check_scale_options(self)
+        if self.prepass_batch_size < 1:
+            raise ValueError(f"prepass_batch_size must be >= 1, got {self.prepass_batch_size}")
         for name in ("epochs", "lr_A", "lr_B", "lr_router"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
@@ -129,23 +165,39 @@ def base_cache(
     batch_size: int = 8,
     progress: bool = True,
     desc: str = "base pre-pass",
+    runtime: Runtime | None = None,
 ) -> list[RowCache]:
-    """Run the frozen base model once over ``encoded`` rows."""
+    """Run the frozen base model once over ``encoded`` rows; the cache is kept on the CPU.
+
+    With several processes, batch ``b`` (rows sorted by length) runs on process ``b % world``
+    and the caches are gathered: every process ends with the whole cache, equal to the
+    single-process one (same batches, same model).
+    """
+    rt = runtime or Runtime()
     collate = Collator(pad_id)
-    out: list[RowCache | None] = [None] * len(encoded)
+    device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    for s in tqdm(range(0, len(order), batch_size), desc=desc, disable=not progress, leave=False):
+    starts = list(range(0, len(order), batch_size))[rt.rank :: rt.world]
+    local: dict[int, RowCache] = {}
+    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
         idx = order[s : s + batch_size]
-        b = collate([encoded[i] for i in idx])
-        res = model(
-            input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
-        )
-        ent = tsallis_entropy(res.logits, q)
-        st = tsallis_entropy(res.logits, q_struct)
-        hid = res.hidden_states[layer].float()
+        b = to_device(collate([encoded[i] for i in idx]), device)
+        with rt.autocast():
+            res = model(
+                input_ids=b["input_ids"],
+                attention_mask=b["attention_mask"],
+                output_hidden_states=True,
+            )
+        ent = tsallis_entropy(res.logits, q).cpu()
+        st = tsallis_entropy(res.logits, q_struct).cpu()
+        hid = res.hidden_states[layer].float().cpu()
         for j, i in enumerate(idx):
             n = len(encoded[i].input_ids)
-            out[i] = RowCache(ent[j, :n].clone(), st[j, :n].clone(), hid[j, :n].clone())
+            local[i] = RowCache(ent[j, :n].clone(), st[j, :n].clone(), hid[j, :n].clone())
+    out: list[RowCache | None] = [None] * len(encoded)
+    for part in rt.all_gather(local):
+        for i, c in part.items():
+            out[i] = c
     return out  # type: ignore[return-value]
 
 
@@ -245,9 +297,10 @@ def init_forget_experts(
     """``B_f[d] = -eta * (W0 mu)(A mu)^T / (||A mu||^2 * scaling)``, mu = mean layer input over
     low-entropy supervised tokens of subdomain d (a small rank-1 push against its typical output)."""
     D = am.cfg.n_forget_experts
+    device = am.device
     layers = [m for m in am.model.modules() if isinstance(m, AlterLinear)]
-    sums = {id(m): torch.zeros(D, m.d_in) for m in layers}
-    counts = torch.zeros(D)
+    sums = {id(m): torch.zeros(D, m.d_in, device=device) for m in layers}
+    counts = torch.zeros(D, device=device)
     state: dict = {}
 
     def hook(mod, inputs, _out):
@@ -261,11 +314,12 @@ def init_forget_experts(
         with am.adapters_disabled():
             for s in range(0, len(forget_enc), 8):
                 idx = list(range(s, min(s + 8, len(forget_enc))))
-                b = collate([forget_enc[i] for i in idx])
+                b = to_device(collate([forget_enc[i] for i in idx]), device)
                 width = b["input_ids"].shape[1]
-                ent = _stack(forget_cache, idx, width, "entropy")
+                ent = _stack(forget_cache, idx, width, "entropy").to(device)
                 low = supervised_positions(b["labels"]) & (ent <= threshold)
-                onehot = F.one_hot(torch.tensor([labels[i] for i in idx]), D).float()  # (B, D)
+                onehot = F.one_hot(torch.tensor([labels[i] for i in idx], device=device), D)
+                onehot = onehot.float()  # (B, D)
                 state["sel"] = low.float()[..., None] * onehot[:, None, :]
                 counts.add_(state["sel"].sum((0, 1)))
                 am.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"])
@@ -298,19 +352,28 @@ def _clip_per_group(
     return norms
 
 
-def _batch(encoded, cache, idx, collate):
+def _batch(encoded, cache, idx, collate, device):
     b = collate([encoded[i] for i in idx])
     width = b["input_ids"].shape[1]
     b["entropy"] = _stack(cache, idx, width, "entropy")
     b["struct"] = _stack(cache, idx, width, "struct")
     b["hidden"] = _stack(cache, idx, width, "hidden")
-    return b
+    return to_device(b, device)
 
 
 def stage_one(
-    am: AlterModel, retain_enc, retain_cache, pad_id, tcfg: AlterTrainConfig, *, progress, log
+    am: AlterModel,
+    retain_enc,
+    retain_cache,
+    pad_id,
+    tcfg: AlterTrainConfig,
+    *,
+    progress,
+    log,
+    runtime: Runtime | None = None,
 ):
     """Train A (lr_A) and B_r (lr_B) on retain data, NLL on high-entropy tokens only."""
+    rt = runtime or Runtime()
     groups = am.parameter_groups()
     opt = torch.optim.AdamW(
         [{"params": groups["A"], "lr": tcfg.lr_A}, {"params": groups["B_r"], "lr": tcfg.lr_B}],
@@ -325,6 +388,8 @@ def stage_one(
     if total == 0:
         return
     am.train()
+    k = tcfg.grad_accum
+    params = groups["A"] + groups["B_r"]
     order: list[int] = []
     for step in tqdm(range(total), desc="ALTER stage I", disable=not progress, unit="step"):
         if len(order) < tcfg.retain_batch_size:
@@ -332,23 +397,32 @@ def stage_one(
             rng.shuffle(fresh)
             order += fresh
         idx, order = order[: tcfg.retain_batch_size], order[tcfg.retain_batch_size :]
-        b = _batch(retain_enc, retain_cache, idx, collate)
-        high = b["entropy"] > am.threshold
-        with am.routing(Route(grad_retain=True, a_grad_mask=high)):
-            logits = am.model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        nll = token_nll(logits, b["labels"])  # (B, T-1)
-        mask = (supervised_positions(b["labels"]) & high)[:, :-1]
-        loss = masked_mean(nll, mask)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss_sum, high_tokens = 0.0, 0
+        for part in rt.parts([], idx, k):
+            b = _batch(retain_enc, retain_cache, part.retain, collate, rt.device)
+            high = b["entropy"] > am.threshold
+            with rt.step(), rt.autocast(), rt.weighted(part.retain_weight):
+                with am.routing(Route(grad_retain=True, a_grad_mask=high)):
+                    logits = am.model(
+                        input_ids=b["input_ids"], attention_mask=b["attention_mask"]
+                    ).logits
+                nll = token_nll(logits, b["labels"])  # (B, T-1)
+                mask = (supervised_positions(b["labels"]) & high)[:, :-1]
+                loss = masked_mean(nll, mask)
+            (loss / k if k > 1 else loss).backward()
+            loss_sum += loss.item() / k if k > 1 else loss.item()
+            high_tokens += int(mask.sum()) if part.retain_weight else 0
+        loss_value, high_all = rt.sum([loss_sum, high_tokens])
+        rt.all_reduce_grads(params)
         norms = _clip_per_group({"A": groups["A"], "B_r": groups["B_r"]}, tcfg.max_grad_norm)
         opt.step()
         log(
             {
                 "stage": 1,
                 "step": step + 1,
-                "loss": loss.item(),
-                "high_tokens": int(mask.sum()),
+                "loss": loss_value,
+                "high_tokens": int(high_all),
                 "grad_norm": norms,
             }
         )
@@ -422,17 +496,21 @@ def stage_two(
     on_checkpoint=None,
     opt: torch.optim.Optimizer | None = None,
     start: int = 0,
+    runtime: Runtime | None = None,
 ):
     """Asymmetric unlearning with strict gradient isolation (see the module docstring).
 
     ``opt`` and ``start`` continue a resumed run; ``on_checkpoint(step, opt)`` is called every
     ``checkpoint_every`` steps.
     """
+    rt = runtime or Runtime()
     groups = am.parameter_groups()
+    params = [p for group in groups.values() for p in group]
     opt = opt or stage_two_optimizer(am, tcfg)
     collate = Collator(pad_id)
     plan = stage_two_plan(labels, len(retain_enc), tcfg)
     total = len(plan)
+    k = tcfg.grad_accum
     am.train()
     bar = tqdm(
         range(start, total),
@@ -444,60 +522,70 @@ def stage_two(
     )
     for step in bar:
         d, f_idx, r_idx = plan[step]
-        fb = _batch(forget_enc, forget_cache, f_idx, collate)
-        rb = _batch(retain_enc, retain_cache, r_idx, collate)
+        opt.zero_grad(set_to_none=True)
+        sums = dict.fromkeys(("loss", "ihl", "retain_nll", "struct", "router_ce"), 0.0)
+        for part in rt.parts(f_idx, r_idx, k):
+            fb = _batch(forget_enc, forget_cache, part.forget, collate, rt.device)
+            rb = _batch(retain_enc, retain_cache, part.retain, collate, rt.device)
+            with rt.step(), rt.autocast():
+                terms = _stage_two_terms(am, fb, rb, d, rt, part)
+            loss = (
+                tcfg.beta * terms["ihl"]
+                + tcfg.gamma * terms["retain_nll"]
+                + tcfg.lam * terms["struct"]
+                + tcfg.mu * terms["router_ce"]
+            )
+            (loss / k if k > 1 else loss).backward()
+            for key, v in (("loss", loss), *terms.items()):
+                sums[key] += v.item() / k if k > 1 else v.item()
+        values = dict(zip(sums, rt.sum(list(sums.values())), strict=True))
+        rt.all_reduce_grads(params)
+        norms = _clip_per_group(groups, tcfg.max_grad_norm)
+        opt.step()
+        log({"stage": 2, "step": step + 1, "subdomain": d, **values, "grad_norm": norms})
+        if on_checkpoint and tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
+            on_checkpoint(step + 1, opt)
 
-        # Forget pass: only B_f[d] (oracle), B_r detached, A through high-entropy positions only.
-        f_high = fb["entropy"] > am.threshold
-        f_sup = supervised_positions(fb["labels"])
-        with am.routing(Route(oracle_expert=d, grad_retain=False, a_grad_mask=f_high)):
-            f_logits = am.model(
-                input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]
-            ).logits
+
+def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.Tensor]:
+    """The four Stage II loss terms of one (micro-)batch (shares of the global-batch means in a
+    data-parallel step; a stand-in slice's terms count for nothing)."""
+    # Forget pass: only B_f[d] (oracle), B_r detached, A through high-entropy positions only.
+    f_high = fb["entropy"] > am.threshold
+    f_sup = supervised_positions(fb["labels"])
+    with am.routing(Route(oracle_expert=d, grad_retain=False, a_grad_mask=f_high)):
+        f_logits = am.model(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits
+    with rt.weighted(part.forget_weight):
         ihl = masked_mean(inverse_hinge(f_logits, fb["labels"]), (f_sup & ~f_high)[:, :-1])
         valid = fb["attention_mask"].bool()
         s_theta = tsallis_entropy(f_logits, am.cfg.q_struct)
         struct = structural_invariance(s_theta, fb["struct"], f_high & valid)
 
-        # Retain pass: only B_r, A through high-entropy positions only.
-        r_high = rb["entropy"] > am.threshold
-        with am.routing(Route(grad_retain=True, a_grad_mask=r_high)):
-            r_logits = am.model(
-                input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]
-            ).logits
+    # Retain pass: only B_r, A through high-entropy positions only.
+    r_high = rb["entropy"] > am.threshold
+    with am.routing(Route(grad_retain=True, a_grad_mask=r_high)):
+        r_logits = am.model(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
+    with rt.weighted(part.retain_weight):
         nll = masked_mean(
             token_nll(r_logits, rb["labels"]), supervised_positions(rb["labels"])[:, :-1]
         )
 
-        # Router: cross-entropy on detached base features; retain tokens -> slot 0, forget -> d + 1.
-        f_feat = router_features(fb["hidden"], fb["entropy"])[f_sup]
-        r_feat = router_features(rb["hidden"], rb["entropy"])[rb["attention_mask"].bool()]
-        feats = torch.cat([f_feat, r_feat])
-        target = torch.cat(
-            [torch.full((len(f_feat),), d + 1), torch.zeros(len(r_feat), dtype=torch.long)]
-        )
-        router_ce = router_cross_entropy(am.router.logits(feats), target)
-
-        loss = tcfg.beta * ihl + tcfg.gamma * nll + tcfg.lam * struct + tcfg.mu * router_ce
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        norms = _clip_per_group(groups, tcfg.max_grad_norm)
-        opt.step()
-        log(
-            {
-                "stage": 2,
-                "step": step + 1,
-                "subdomain": d,
-                "loss": loss.item(),
-                "ihl": ihl.item(),
-                "retain_nll": nll.item(),
-                "struct": struct.item(),
-                "router_ce": router_ce.item(),
-                "grad_norm": norms,
-            }
-        )
-        if on_checkpoint and tcfg.checkpoint_every and (step + 1) % tcfg.checkpoint_every == 0:
-            on_checkpoint(step + 1, opt)
+    # Router: cross-entropy on detached base features; retain tokens -> slot 0, forget -> d + 1.
+    f_feat = router_features(fb["hidden"], fb["entropy"])[f_sup]
+    r_feat = router_features(rb["hidden"], rb["entropy"])[rb["attention_mask"].bool()]
+    if not part.forget_weight:  # a stand-in's tokens are not part of the batch
+        f_feat = f_feat[:0]
+    if not part.retain_weight:
+        r_feat = r_feat[:0]
+    feats = torch.cat([f_feat, r_feat])
+    target = torch.cat(
+        [
+            torch.full((len(f_feat),), d + 1, device=feats.device),
+            torch.zeros(len(r_feat), dtype=torch.long, device=feats.device),
+        ]
+    )
+    router_ce = router_cross_entropy(am.router.logits(feats), target)
+    return {"ihl": ihl, "retain_nll": nll, "struct": struct, "router_ce": router_ce}
 
 
 def unlearn_alter(
@@ -512,18 +600,23 @@ def unlearn_alter(
     checkpoint_dir: Path | None = None,
     resume_dir: Path | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> tuple[AlterModel, dict]:
     """Run ALTER end to end on a plain HF causal LM; return the wrapped model and a summary.
 
     With ``resume_dir``, resumable state is saved there at the end of Stage I and every
     ``checkpoint_every`` Stage II steps; a run that finds state there continues from it (the
     pre-pass is recomputed, it is deterministic) and ends with the same adapter as an
-    uninterrupted run.
+    uninterrupted run. With a distributed ``runtime`` only rank 0 writes (log, snapshots,
+    resumable state); every process resumes from the same checkpoint.
     """
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
     adapter_cfg = adapter_cfg or AlterConfig()
     tcfg = train_cfg or AlterTrainConfig()
+    rt = runtime or launch_runtime(tcfg.mixed_precision)
+    if not rt.is_main:
+        log_path, checkpoint_dir, progress = None, None, False
     if forget.kind != "qa" or retain.kind != "qa":
         raise ConfigError("ALTER currently trains on QA rows (question/answer); got text rows")
     target_names(model, adapter_cfg.target_modules)  # fail before any expensive work
@@ -541,11 +634,20 @@ def unlearn_alter(
     layer = adapter_cfg.routing_layer if adapter_cfg.routing_layer is not None else n_layers // 2
     model.eval()
     q, qs = adapter_cfg.entropy_q, adapter_cfg.q_struct
-    f_cache = base_cache(
-        model, f_enc, pad, layer=layer, q=q, q_struct=qs, progress=progress, desc="pre-pass forget"
-    )
-    r_cache = base_cache(
-        model, r_enc, pad, layer=layer, q=q, q_struct=qs, progress=progress, desc="pre-pass retain"
+    f_cache, r_cache = (
+        base_cache(
+            model,
+            enc,
+            pad,
+            layer=layer,
+            q=q,
+            q_struct=qs,
+            batch_size=tcfg.prepass_batch_size,
+            progress=progress,
+            desc=f"pre-pass {name}",
+            runtime=rt,
+        )
+        for enc, name in ((f_enc, "forget"), (r_enc, "retain"))
     )
 
     labels, names, source = assign_subdomains(list(forget), f_cache, tcfg.n_subdomains, tcfg.seed)
@@ -571,7 +673,10 @@ def unlearn_alter(
         }
     )
     am = AlterModel(model, cfg)
+    am.router.to(am.device)
     am.subdomains = list(names)
+    if tcfg.gradient_checkpointing:
+        am.enable_gradient_checkpointing()
 
     ckpt = latest_checkpoint(resume_dir) if resume_dir else None
     state: dict = {}
@@ -595,7 +700,7 @@ def unlearn_alter(
             from alter.adapters.io import save_adapter
 
             save_adapter(am, checkpoint_dir / f"step-{step}", extra={"stage2_step": step})
-        if resume_dir is not None and step < total_two:
+        if rt.is_main and resume_dir is not None and step < total_two:
             save_checkpoint(
                 resume_dir,
                 step,
@@ -607,8 +712,8 @@ def unlearn_alter(
     total_two = len(stage_two_plan(labels, len(r_enc), tcfg))
     try:
         if not state:
-            stage_one(am, r_enc, r_cache, pad, tcfg, progress=progress, log=log)
-            if resume_dir is not None:
+            stage_one(am, r_enc, r_cache, pad, tcfg, progress=progress, log=log, runtime=rt)
+            if rt.is_main and resume_dir is not None:
                 save_checkpoint(resume_dir, 0, am.adapter_state_dict(), {}, {"stage": 1})
         stage2_tensors = tensors if state.get("stage") == 2 else None
         init_forget_experts(am, f_enc, f_cache, labels, pad, threshold, cfg.init_eta)
@@ -634,6 +739,7 @@ def unlearn_alter(
             on_checkpoint=checkpoint if (checkpoint_dir or resume_dir) else None,
             opt=opt,
             start=start,
+            runtime=rt,
         )
     finally:
         if log_file:
@@ -647,6 +753,7 @@ def unlearn_alter(
         "high_fraction_answer_tokens": float((answer_entropy > threshold).float().mean()),
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
+        "processes": rt.world,
         "resumed_from": state or None,  # {"stage": 1|2, "step": N} of the checkpoint, if any
         "train_config": asdict(tcfg),
         "adapter_config": cfg.to_dict(),

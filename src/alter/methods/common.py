@@ -11,8 +11,16 @@ from pathlib import Path
 
 import torch
 
-from alter.data.collate import IGNORE_INDEX, Collator, Encoded
-from alter.losses import inverse_hinge, masked_mean, npo_loss, sequence_nll, shift
+from alter.data.collate import IGNORE_INDEX, Collator, Encoded, to_device
+from alter.losses import (
+    batch_mean,
+    inverse_hinge,
+    masked_mean,
+    npo_loss,
+    ratio_mean,
+    sequence_nll,
+    shift,
+)
 
 FORGET_LOSSES = ("ga", "npo", "ihl")
 
@@ -53,8 +61,9 @@ def sequence_logprobs(
     model.eval()
     out = torch.zeros(len(encoded))
     collate = Collator(pad_id)
+    device = next(model.parameters()).device
     for s in range(0, len(encoded), batch_size):
-        b = collate(encoded[s : s + batch_size])
+        b = to_device(collate(encoded[s : s + batch_size]), device)
         nll, _ = sequence_nll(logits(model, b), b["labels"])
         out[s : s + len(nll)] = -nll.float()
     model.train(was_training)
@@ -78,10 +87,11 @@ def forget_term(
     labels = batch["labels"]
     if kind == "ga":
         nll, count = sequence_nll(lg, labels)
-        return -nll.sum() / count.sum().clamp_min(1)
+        return -ratio_mean(nll, count)
     if kind == "npo":
         nll, _ = sequence_nll(lg, labels)
-        return npo_loss(-nll, ref_logp[batch["index"]].to(nll.dtype), beta).mean()
+        ref = ref_logp[batch["index"].cpu()].to(device=nll.device, dtype=nll.dtype)
+        return batch_mean(npo_loss(-nll, ref, beta))
     if kind == "ihl":
         return masked_mean(inverse_hinge(lg, labels), shift(lg, labels)[1] != IGNORE_INDEX)
     raise ValueError(f"unknown forget loss {kind!r}; choose from: {', '.join(FORGET_LOSSES)}")
@@ -89,7 +99,7 @@ def forget_term(
 
 def retain_nll(lg: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     nll, count = sequence_nll(lg, batch["labels"])
-    return nll.sum() / count.sum().clamp_min(1)
+    return ratio_mean(nll, count)
 
 
 def save_full_model(model, tokenizer, out: Path, meta: dict) -> None:

@@ -49,8 +49,9 @@ import torch
 from alter.adapters.config import DEFAULT_TARGETS
 from alter.adapters.io import METHOD_META, weights_checksum
 from alter.adapters.model import target_names
-from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_qa
+from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_qa, to_device
 from alter.losses import (
+    batch_mean,
     elm_target_logprobs,
     masked_mean,
     mean_token_nll,
@@ -177,7 +178,13 @@ def _next_logits(model, seqs: list[list[int]], pad_id: int) -> torch.Tensor:
         ids[b, width - len(s) :] = torch.tensor(s)
         mask[b, width - len(s) :] = 1
     pos = (mask.cumsum(-1) - 1).clamp_min(0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False)
+    device = next(model.parameters()).device
+    out = model(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        position_ids=pos.to(device),
+        use_cache=False,
+    )
     return out.logits[:, -1, :]
 
 
@@ -283,8 +290,9 @@ class ELM:
     def loss(self, forget, retain):
         cfg = self.cfg
         idx = forget["index"].tolist()
-        expert_b = self.collate([self.expert_enc[i] for i in idx])
-        novice_b = self.collate([self.novice_enc[i] for i in idx])
+        device = forget["input_ids"].device
+        expert_b = to_device(self.collate([self.expert_enc[i] for i in idx]), device)
+        novice_b = to_device(self.collate([self.novice_enc[i] for i in idx]), device)
         at = aligned_positions(forget["labels"], expert_b["labels"], novice_b["labels"])
         target = elm_target_logprobs(
             self._frozen_logits(forget)[at[0]],
@@ -292,7 +300,7 @@ class ELM:
             self._frozen_logits(novice_b)[at[2]],
             cfg.eta,
         )
-        erase = soft_cross_entropy(logits(self.model, forget)[at[0]], target).mean()
+        erase = batch_mean(soft_cross_entropy(logits(self.model, forget)[at[0]], target))
 
         lg = logits(self.model, retain)
         mask = shift(lg, retain["labels"])[1] != IGNORE_INDEX
@@ -301,7 +309,7 @@ class ELM:
         loss = cfg.erase_weight * erase + cfg.retain_weight * kl
         stats = {"erase_ce": erase.item(), "retain_kl": kl.item()}
         if self.consistency_enc is not None:
-            cb = self.collate([self.consistency_enc[i] for i in idx])
+            cb = to_device(self.collate([self.consistency_enc[i] for i in idx]), device)
             cons = mean_token_nll(logits(self.model, cb), cb["labels"])
             loss = loss + cfg.consistency_weight * cons
             stats["consistency_nll"] = cons.item()

@@ -8,7 +8,14 @@ everything else, so the shared options mean the same thing for every method:
 - ``epochs``: passes over the forget set; one step = ``forget_batch_size`` forget rows plus
   ``retain_batch_size`` retain rows (the retain set is cycled, reshuffled each pass);
 - ``max_steps`` caps the steps; ``lr`` is constant (AdamW, weight decay ``weight_decay``);
-- gradients are clipped to ``max_grad_norm``; a non-finite loss or gradient stops the run.
+- gradients are clipped to ``max_grad_norm``; a non-finite loss or gradient stops the run;
+- ``grad_accum`` cuts each step's batch into that many micro-batches (one backward each, one
+  optimiser step); ``gradient_checkpointing`` recomputes activations in backward;
+  ``mixed_precision`` ``bf16`` runs forwards under autocast.
+
+Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
+gradients are summed over processes (:mod:`alter.distributed`): the same steps, the same loss
+(a mean over the step's global batch), one replica per process.
 """
 
 from __future__ import annotations
@@ -24,8 +31,10 @@ from typing import Any, ClassVar, Protocol
 import torch
 from tqdm.auto import tqdm
 
-from alter.data.collate import Collator, Encoded, encode_rows
-from alter.errors import AlterError
+from alter.data.collate import Collator, Encoded, encode_rows, to_device
+from alter.distributed import Runtime, check_scale_options, launch_runtime
+from alter.errors import AlterError, ConfigError
+from alter.models import enable_gradient_checkpointing
 
 
 class TrainingError(AlterError):
@@ -51,8 +60,27 @@ class UnlearnConfig:
         default=50,
         metadata={"help": "save resumable state every N steps (None: never); see --resume"},
     )
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per step (one backward each): less memory, same step; the "
+            "loss is the mean of the micro-batch means"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
+            "(its --mixed_precision or config file), 'no' outside accelerate launch"
+        },
+    )
 
     def __post_init__(self):
+        check_scale_options(self)
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.lr is not None and self.lr <= 0:
@@ -111,6 +139,18 @@ class Method(Protocol):
     def save(self, out: Path, tokenizer) -> None: ...
 
 
+def check_split(what: str, rows: int, rt: Runtime, grad_accum: int) -> None:
+    """Every process needs a row of ``what`` in every micro-batch (the baselines' losses are
+    opaque, so an empty slice cannot be stood in for)."""
+    need = rt.world * grad_accum
+    if rows < need:
+        raise ConfigError(
+            f"{what}: {rows} rows per step cannot be split into {grad_accum} micro-batch(es) "
+            f"x {rt.world} process(es); raise the batch size to at least {need} or lower "
+            "grad_accum / the number of processes"
+        )
+
+
 def _cycle(n: int, rng: random.Random):
     """Indices ``0..n-1`` reshuffled on every pass, forever."""
     while True:
@@ -167,19 +207,29 @@ def run_method(
     log_path: Path | None = None,
     resume_dir: Path | None = None,
     progress: bool = True,
+    runtime: Runtime | None = None,
 ) -> dict:
     """Set up ``method`` on ``model`` and train it; returns a summary (times, steps, last losses).
 
     With ``resume_dir``, resumable state is saved there every ``cfg.checkpoint_every`` steps, and
     a run that finds a checkpoint there continues from it (same batches, same optimiser and RNG
-    state): the result equals an uninterrupted run's.
+    state): the result equals an uninterrupted run's. With a distributed ``runtime`` only rank 0
+    writes the log and checkpoints; every process resumes from the same checkpoint.
     """
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
+    rt = runtime or launch_runtime(cfg.mixed_precision)
+    if not rt.is_main:
+        log_path, progress = None, False
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     f_enc = encode_rows(forget, tokenizer, max_length=cfg.max_length)
     r_enc = encode_rows(retain, tokenizer, max_length=cfg.max_length)
+    check_split("forget_batch_size", min(cfg.forget_batch_size, len(f_enc)), rt, cfg.grad_accum)
+    if method.uses_retain:
+        check_split("retain_batch_size", min(cfg.retain_batch_size, len(r_enc)), rt, cfg.grad_accum)
+    if cfg.gradient_checkpointing:
+        enable_gradient_checkpointing(model)
     ctx = Context(model, tokenizer, forget, retain, f_enc, r_enc, cfg, progress)
     method.setup(ctx)
     params = method.trainable()
@@ -209,22 +259,38 @@ def run_method(
     bar = tqdm(total=total, initial=start, desc=method.name, disable=not progress, unit="step")
     stats: dict = {}
     t1 = time.perf_counter()
+    k = cfg.grad_accum
     try:
         for step in range(start, total):
+            opt.zero_grad(set_to_none=True)
             f_idx, r_idx = plan[step]
-            fb = collate([f_enc[i] for i in f_idx])
-            rb = collate([r_enc[i] for i in r_idx]) if r_idx else None
-            tokens += int(fb["attention_mask"].sum()) + (
-                int(rb["attention_mask"].sum()) if rb else 0
+            # Tokens of the whole step (padding excluded), the same on every process.
+            tokens += sum(len(f_enc[i].input_ids) for i in f_idx)
+            tokens += sum(len(r_enc[i].input_ids) for i in r_idx)
+            losses, stats = [], {}
+            for part in rt.parts(f_idx, r_idx, k):
+                fb = to_device(collate([f_enc[i] for i in part.forget]), rt.device)
+                rb = (
+                    to_device(collate([r_enc[i] for i in part.retain]), rt.device)
+                    if part.retain
+                    else None
+                )
+                with rt.step(), rt.autocast():
+                    loss, micro = method.loss(fb, rb)
+                (loss / k if k > 1 else loss).backward()
+                losses.append(loss.detach())
+                for key, v in micro.items():
+                    stats[key] = stats.get(key, 0.0) + v / k if k > 1 else v
+            loss_value, *values = rt.sum(
+                [sum(x.item() for x in losses) / k if k > 1 else losses[0].item(), *stats.values()]
             )
-            loss, stats = method.loss(fb, rb)
-            if not torch.isfinite(loss):
+            stats = dict(zip(stats, values, strict=True))
+            if not math.isfinite(loss_value):
                 raise TrainingError(
-                    f"{method.name}: loss became {loss.item()} at step {step + 1}; lower the lr"
+                    f"{method.name}: loss became {loss_value} at step {step + 1}; lower the lr"
                     + _kept(resume_dir)
                 )
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
+            rt.all_reduce_grads(params)
             norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             if not torch.isfinite(norm):
                 raise TrainingError(
@@ -233,14 +299,15 @@ def run_method(
                 )
             opt.step()
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{loss_value:.3f}")
             if log:
-                rec = {"step": step + 1, "loss": loss.item(), **stats, "grad_norm": float(norm)}
+                rec = {"step": step + 1, "loss": loss_value, **stats, "grad_norm": float(norm)}
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             done = step + 1
             if (
-                resume_dir
+                rt.is_main
+                and resume_dir
                 and cfg.checkpoint_every
                 and done % cfg.checkpoint_every == 0
                 and done < total
@@ -260,6 +327,7 @@ def run_method(
         "resumed_from_step": start if ckpt is not None else None,
         "lr": lr,
         "trainable_parameters": n_train,
+        "processes": rt.world,
         "setup_seconds": setup_s,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - t0,

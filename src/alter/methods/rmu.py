@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from alter.adapters.model import num_layers
-from alter.data.collate import Collator
+from alter.data.collate import Collator, to_device
 from alter.errors import ConfigError
 from alter.losses import activation_mse, masked_mean
 from alter.methods.common import freeze_except, frozen_copy, save_full_model
@@ -194,9 +194,10 @@ class RMU:
     def _mean_norm(self, ctx, batch_size: int = 8) -> float:
         """Mean L2 norm of the frozen model's layer-``l`` hidden states over non-pad forget tokens."""
         collate = Collator(ctx.pad_id)
+        device = next(self.ref.parameters()).device
         total, count = 0.0, 0
         for s in range(0, len(ctx.forget_enc), batch_size):
-            b = collate(ctx.forget_enc[s : s + batch_size])
+            b = to_device(collate(ctx.forget_enc[s : s + batch_size]), device)
             norms = block_output(self.ref, self.ref_block, b).float().norm(dim=-1)
             mask = b["attention_mask"].bool()
             total += float(norms[mask].sum())

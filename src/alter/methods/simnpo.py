@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from alter.losses import sequence_nll, simnpo_loss
+from alter.losses import batch_mean, sequence_nll, simnpo_loss
 from alter.methods.common import freeze_except, logits, retain_nll, save_full_model
 
 
@@ -49,7 +49,7 @@ class SimNPO:
 
     def loss(self, forget, retain):
         nll, count = sequence_nll(logits(self.model, forget), forget["labels"])
-        f = simnpo_loss(nll, count, self.cfg.beta, self.cfg.delta).mean()
+        f = batch_mean(simnpo_loss(nll, count, self.cfg.beta, self.cfg.delta))
         r = retain_nll(logits(self.model, retain), retain)
         loss = self.cfg.gamma * f + self.cfg.alpha * r
         return loss, {"simnpo": f.item(), "retain_nll": r.item()}

@@ -1,0 +1,415 @@
+"""Data parallelism on accelerate (alter.distributed): 2 CPU processes over gloo give the result of
+one process with the same global batch; gradient accumulation, gradient checkpointing and mixed
+precision; the shipped accelerate configs.
+
+Tolerance: the processes sum per-process shares of each mean and all-reduce the gradients, so
+the floating-point reduction order differs from one process (and each slice is padded to its own
+width). AdamW turns the ~1e-7 relative gradient differences into weight differences of at most a
+few percent of one step on near-zero gradient elements; with lr 1e-4 that stays below
+``ATOL = 1e-5`` on the tiny model (measured: 1e-7 to 1e-6 for GD and ALTER). The per-step
+losses, which do not go through Adam, match to ``LOSS_RTOL``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from alter.data.schema import validate_rows
+from alter.data.synthetic import SyntheticConfig, make_synthetic
+from alter.distributed import Runtime, split
+from alter.errors import ConfigError
+from alter.methods.gd import GD
+from alter.pipeline import unlearn_and_save
+from alter.runs import partial_dir
+
+ACCELERATE_CONFIGS = (
+    Path(__file__).resolve().parents[1] / "src" / "alter" / "configs" / "accelerate"
+)
+ATOL = 1e-5
+LOSS_RTOL = 1e-5
+SMALL = SyntheticConfig(
+    entities_per_subdomain=4,
+    forget_entities_per_subdomain=1,
+    holdout_entities_per_subdomain=1,
+    facts_per_entity=2,
+)
+# lr 1e-4 for every group: the stated tolerance scales with the step size.
+GD_OPTS = {"epochs": 10, "max_steps": 6, "lr": 1e-4}
+# The adaptive (Otsu) threshold gives the random tiny model low-entropy forget tokens, so B_f is
+# trained by the IHL term. lam = 0: L_struct = |S_theta - S_base| is compared per step but kept
+# out of the weights. Its gradient is sign(S_theta - S_base), and on this model the two Tsallis
+# entropies (q = 0.5, |S| ~ 30) agree to a few float32 ulps at some positions (measured: min
+# |S_theta - S_base| 7.6e-6 over 172 positions): the last-bit differences of a 2-process Stage I
+# flip those signs (B_f's step-1 gradient then differs by 2e-3 relative, A's by 4e-5, B_r's by
+# 2e-7) and Adam turns that into lr-size weight differences. Any change of reduction order does
+# this to ALTER; it says nothing about the split.
+ALTER_OPTS = {
+    "epochs": 10,
+    "max_steps": 6,
+    "stage1_max_steps": 3,
+    "lr_B": 1e-4,
+    "lr_router": 1e-4,
+    "threshold_mode": "adaptive",
+    "lam": 0.0,
+}
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    make_synthetic(SMALL).write(out)
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(*args: str) -> subprocess.CompletedProcess:
+    """``accelerate launch`` with the shipped 2-process CPU config (gloo, offline)."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--config_file",
+        str(ACCELERATE_CONFIGS / "cpu_2proc.yaml"),
+        "--main_process_port",
+        str(_free_port()),
+        "-m",
+        "alter.cli",
+        *args,
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res
+
+
+def _set(opts: dict) -> list[str]:
+    return [x for k, v in opts.items() for x in ("--set", f"{k}={v}")]
+
+
+def _unlearn_args(synth: Path, out: Path, method: str, opts: dict) -> list[str]:
+    return [
+        "unlearn",
+        "--model",
+        "tiny-llama",
+        "--forget",
+        str(synth / "forget.jsonl"),
+        "--retain",
+        str(synth / "retain.jsonl"),
+        "--out",
+        str(out),
+        "--method",
+        method,
+        *_set(opts),
+    ]
+
+
+def _single(synth: Path, out: Path, method: str, opts: dict) -> None:
+    unlearn_and_save(
+        "tiny-llama",
+        str(synth / "forget.jsonl"),
+        str(synth / "retain.jsonl"),
+        out=out,
+        method=method,
+        overrides=opts,
+        progress=False,
+    )
+
+
+def _assert_same_run(a: Path, b: Path, weights: str) -> None:
+    wa, wb = load_file(str(a / weights)), load_file(str(b / weights))
+    assert wa.keys() == wb.keys()
+    diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    assert diff <= ATOL, f"max |w_1proc - w_2proc| = {diff:.2e} > {ATOL}"
+    la = [json.loads(line) for line in (a / "metrics.jsonl").open()]
+    lb = [json.loads(line) for line in (b / "metrics.jsonl").open()]
+    assert [r["step"] for r in la] == [r["step"] for r in lb]
+    for ra, rb in zip(la, lb, strict=True):
+        for key in ("loss", "retain_nll", "forget_nll", "ihl", "router_ce"):
+            if key in ra:
+                assert rb[key] == pytest.approx(ra[key], rel=LOSS_RTOL, abs=1e-6), (key, ra, rb)
+        if "struct" in ra:  # a mean of |differences| some of which are a few ulps (see above)
+            assert rb["struct"] == pytest.approx(ra["struct"], rel=1e-3), (ra, rb)
+
+
+@pytest.mark.parametrize(
+    "method, opts, weights",
+    [
+        ("gd", GD_OPTS, "model.safetensors"),
+        ("alter", ALTER_OPTS, "adapter_model.safetensors"),
+        # grad_accum 2 on 2 processes: the subdomain batches of 2 forget rows become micro-batches
+        # of 1 row, so one process runs a weight-0 stand-in on every micro-batch.
+        ("alter", {**ALTER_OPTS, "grad_accum": 2}, "adapter_model.safetensors"),
+    ],
+    ids=["gd", "alter", "alter-grad_accum2"],
+)
+def test_two_processes_match_one(tmp_path, synth, method, opts, weights):
+    _single(synth, tmp_path / "one", method, opts)
+    _launch(*_unlearn_args(synth, tmp_path / "two", method, opts))
+    _assert_same_run(tmp_path / "one", tmp_path / "two", weights)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert summary["processes"] == 2
+    assert not list(tmp_path.glob(".*.partial"))  # rank 0 renamed the run into place
+
+
+class Boom(Exception):
+    pass
+
+
+def test_two_processes_resume_a_one_process_checkpoint(tmp_path, synth, monkeypatch):
+    """Every process loads the same checkpoint; the step plan is global, so a run interrupted on
+    one process continues on two."""
+    opts = {**GD_OPTS, "checkpoint_every": 2}
+    _single(synth, tmp_path / "straight", "gd", opts)
+    calls = []
+    loss = GD.loss
+
+    def failing(self, f, r):
+        calls.append(1)
+        if len(calls) == 5:  # steps 1-4 done, checkpoint at step 4
+            raise Boom
+        return loss(self, f, r)
+
+    monkeypatch.setattr(GD, "loss", failing)
+    with pytest.raises(Boom):
+        _single(synth, tmp_path / "resumed", "gd", opts)
+    monkeypatch.setattr(GD, "loss", loss)
+    assert (partial_dir(tmp_path / "resumed") / "resume" / "step-4").is_dir()
+    _launch(*_unlearn_args(synth, tmp_path / "resumed", "gd", opts), "--resume")
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed", "model.safetensors")
+    summary = json.loads((tmp_path / "resumed" / "summary.json").read_text())
+    assert summary["resumed_from_step"] == 4
+
+
+def test_sharded_eval_matches_one_process(tmp_path, synth):
+    from alter.evals.runner import EvalOptions, run_eval
+
+    opts = EvalOptions(max_new_tokens=4, fluency=False, progress=False)
+    one = run_eval("tiny-llama", None, "synthetic", synth, tmp_path / "one", options=opts)
+    _launch(
+        "eval",
+        "--model",
+        "tiny-llama",
+        "--benchmark",
+        "synthetic",
+        "--data",
+        str(synth),
+        "--out",
+        str(tmp_path / "two"),
+        "--max-new-tokens",
+        "4",
+        "--no-fluency",
+        "--no-progress",
+    )
+    two = json.loads((tmp_path / "two" / "SYNTHETIC_SUMMARY.json").read_text())
+    for split_name in ("forget", "retain", "holdout"):
+        for key in (f"{split_name}_Q_A_Prob", f"{split_name}_avg_loss"):
+            assert two[key] == pytest.approx(one[key], rel=1e-5), key
+    for key in ("mia_loss", "mia_min_k"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    ev = json.loads((tmp_path / "two" / "SYNTHETIC_EVAL.json").read_text())
+    rows = ev["forget_Q_A_ROUGE"]["value_by_index"]
+    assert len(rows) == len(make_synthetic(SMALL).forget)  # every row's generation gathered
+    assert json.loads((tmp_path / "two" / "eval_config.json").read_text())["processes"] == 2
+
+
+# -- in one process -------------------------------------------------------------------------------
+
+
+def test_split_and_parts():
+    assert [split(range(5), r, 2) for r in range(2)] == [[0, 1, 2], [3, 4]]
+    assert [split([7], r, 2) for r in range(2)] == [[7], []]
+    rt = Runtime(rank=1, world=2)
+    # Micro-batches first (global), then one contiguous slice per process.
+    parts = rt.parts([0, 1, 2, 3], [10, 11, 12, 13], grad_accum=2)
+    assert [(p.forget, p.retain) for p in parts] == [([1], [11]), ([3], [13])]
+    # An empty slice becomes a weight-0 stand-in (a row of the step, counted for nothing).
+    (part,) = rt.parts([5], [10, 11], grad_accum=1)
+    assert (part.forget, part.forget_weight, part.retain, part.retain_weight) == (
+        [5],
+        0.0,
+        [11],
+        1.0,
+    )
+    (part,) = Runtime().parts([0, 1], [], grad_accum=1)  # no retain rows (GA): nothing stands in
+    assert (part.forget, part.retain, part.retain_weight) == ([0, 1], [], 1.0)
+
+
+def _equal_length_rows(n: int, name: str, offset: int):
+    # Byte-level tokenizer: answers of one length give every micro-batch the same token count.
+    return validate_rows(
+        [
+            {"question": f"What is item {offset + i}?", "answer": f"code {offset + i:03d}"}
+            for i in range(n)
+        ],
+        name,
+        "qa",
+    )
+
+
+def test_grad_accum_is_the_global_mean_when_micro_batches_are_equal(tmp_path):
+    """With micro-batches of equal token counts, the mean of the micro-batch means is the mean
+    over the step: grad_accum 2 trains like grad_accum 1."""
+    forget, retain = _equal_length_rows(4, "forget", 0), _equal_length_rows(8, "retain", 100)
+    out = {}
+    for k in (1, 2):
+        unlearn_and_save(
+            "tiny-llama",
+            forget,
+            retain,
+            out=tmp_path / str(k),
+            method="gd",
+            overrides={**GD_OPTS, "grad_accum": k},
+            progress=False,
+        )
+        out[k] = load_file(str(tmp_path / str(k) / "model.safetensors"))
+    diff = max((out[1][n] - out[2][n]).abs().max().item() for n in out[1])
+    assert diff <= ATOL
+    logs = [[json.loads(x) for x in (tmp_path / str(k) / "metrics.jsonl").open()] for k in (1, 2)]
+    for a, b in zip(*logs, strict=True):
+        assert b["loss"] == pytest.approx(a["loss"], rel=LOSS_RTOL, abs=1e-6)
+        assert b["retain_nll"] == pytest.approx(a["retain_nll"], rel=LOSS_RTOL)
+
+
+@pytest.mark.parametrize(
+    "method, weights, extra",
+    [
+        ("alter", "adapter_model.safetensors", {"stage1_max_steps": 3}),
+        ("lora", "adapter_model.safetensors", {}),
+    ],
+)
+def test_gradient_checkpointing_changes_nothing(tmp_path, method, weights, extra):
+    """Recomputation gives the same bytes; for ALTER only because the recomputation reinstalls
+    the route of the original forward (without it torch raises a CheckpointError)."""
+    bench = make_synthetic(SMALL)
+    files = []
+    for gc in (False, True):
+        out = tmp_path / str(gc)
+        unlearn_and_save(
+            "tiny-llama",
+            bench.forget,
+            bench.retain,
+            out=out,
+            method=method,
+            overrides={"max_steps": 4, "gradient_checkpointing": gc, **extra},
+            progress=False,
+        )
+        files.append((out / weights).read_bytes())
+    assert files[0] == files[1]
+
+
+def test_finetune_gradient_checkpointing_and_bf16(tmp_path):
+    from alter.models import load_model
+    from alter.train import FinetuneConfig, finetune
+
+    rows = make_synthetic(SMALL).train_rows()
+    params = {}
+    for name, kw in (
+        ("plain", {}),
+        ("gc", {"gradient_checkpointing": True}),
+        ("bf16", {"mixed_precision": "bf16"}),
+    ):
+        model, tok = load_model("tiny-llama")
+        cfg = FinetuneConfig(epochs=1, max_steps=3, lr=1e-3, **kw)
+        model = finetune(model, tok, rows, cfg, progress=False)
+        params[name] = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+    assert torch.equal(params["plain"], params["gc"])
+    # bf16 autocast changes the arithmetic, not the training: finite and close.
+    assert torch.isfinite(params["bf16"]).all()
+    assert (params["bf16"] - params["plain"]).abs().max() < 1e-2
+
+
+@pytest.mark.parametrize(
+    "option, value, message",
+    [
+        ("grad_accum", 0, "grad_accum must be an integer >= 1"),
+        ("grad_accum", 1.5, "grad_accum must be a number"),
+        ("gradient_checkpointing", 1, "gradient_checkpointing must be true or false"),
+        ("mixed_precision", "fp16", "fp16 needs loss scaling"),
+        ("mixed_precision", "bf15", "mixed_precision must be one of no, bf16"),
+    ],
+)
+@pytest.mark.parametrize("method", ["alter", "gd"])
+def test_scale_options_are_validated(method, option, value, message):
+    from alter.api import resolve_baseline_configs, resolve_configs
+
+    with pytest.raises(ConfigError, match=message):
+        if method == "alter":
+            resolve_configs({option: value})
+        else:
+            resolve_baseline_configs(method, {option: value})
+
+
+def test_batch_too_small_for_the_micro_batches(tmp_path):
+    bench = make_synthetic(SMALL)
+    with pytest.raises(ConfigError, match="cannot be split into 8 micro-batch"):
+        unlearn_and_save(
+            "tiny-llama",
+            bench.forget,
+            bench.retain,
+            out=tmp_path / "x",
+            method="gd",
+            overrides={"max_steps": 1, "grad_accum": 8},
+            progress=False,
+        )
+    assert not (tmp_path / "x").exists()
+
+
+# -- shipped accelerate configs -------------------------------------------------------------------
+
+EXPECTED = {
+    "ddp.yaml": ("MULTI_GPU", {}),
+    "cpu_2proc.yaml": ("MULTI_GPU", {}),
+    "fsdp.yaml": ("FSDP", {"fsdp_config": ("fsdp_version", "fsdp_auto_wrap_policy")}),
+    "deepspeed_zero2.yaml": ("DEEPSPEED", {"deepspeed_config": ("zero_stage",)}),
+    "deepspeed_zero3.yaml": ("DEEPSPEED", {"deepspeed_config": ("zero_stage",)}),
+}
+
+
+def test_every_shipped_accelerate_config_is_listed():
+    assert sorted(p.name for p in ACCELERATE_CONFIGS.glob("*.yaml")) == sorted(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_shipped_accelerate_config(name):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    path = ACCELERATE_CONFIGS / name
+    text = path.read_text()
+    assert text.startswith("# accelerate launch --config_file ")  # the command that runs it
+    data = yaml.safe_load(text)
+    kind, sections = EXPECTED[name]
+    assert data["distributed_type"] == kind
+    assert data["num_machines"] == 1 and data["num_processes"] >= 2
+    assert data["mixed_precision"] in ("no", "bf16")
+    assert data["use_cpu"] is False
+    for section, keys in sections.items():
+        assert all(k in data[section] for k in keys), (section, data[section])
+    if name.startswith("deepspeed_zero"):
+        assert data["deepspeed_config"]["zero_stage"] == int(name[-6])
+    # accelerate itself reads it (unknown keys would fail here)
+    ClusterConfig.from_yaml_file(str(path))
+
+
+@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_sharded_strategies_are_refused_before_anything_starts(monkeypatch, var):
+    from alter.distributed import launch_runtime
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv(var, "true")
+    with pytest.raises(ConfigError, match="not supported yet.*Accelerator.prepare"):
+        launch_runtime()
