@@ -80,7 +80,7 @@ def test_block_output_steering_target_and_retain_reference_at_the_start():
     h = out.hidden_states[2]  # [0] is the embedding output: block l's output is l + 1
     torch.testing.assert_close(block_output(method.ref, method.ref_block, fb), h)
     mean_norm = h.norm(dim=-1)[fb["attention_mask"].bool()].mean()
-    assert method.coeff == pytest.approx(20.0 * float(mean_norm), rel=1e-5)
+    assert method.coeff == pytest.approx(5.0 * float(mean_norm), rel=1e-5)
     loss, stats = method.loss(fb, rb)
     assert stats["retain_mse"] == 0.0  # the model is its own reference before any step
     assert torch.isfinite(loss) and stats["forget_mse"] > 0

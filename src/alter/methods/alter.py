@@ -617,8 +617,6 @@ def unlearn_alter(
     rt = runtime or launch_runtime(tcfg.mixed_precision)
     if not rt.is_main:
         log_path, checkpoint_dir, progress = None, None, False
-    if forget.kind != "qa" or retain.kind != "qa":
-        raise ConfigError("ALTER currently trains on QA rows (question/answer); got text rows")
     target_names(model, adapter_cfg.target_modules)  # fail before any expensive work
     has_field = all(r.get("subdomain") is not None for r in forget)
     if not has_field and tcfg.n_subdomains is not None and tcfg.n_subdomains > len(forget):

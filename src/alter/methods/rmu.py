@@ -15,14 +15,16 @@ Defaults, scaled to the model:
 
 * ``layer``: 0-based block ``round(L / 4) - 1`` of ``L`` blocks, the paper's layer 7 of 32 (layer
   7 of 30 for SmolLM2-135M, layer 0 of a 4-layer test model).
-* ``steering_coeff`` ``c``: ``steering_scale`` (20) times the mean L2 norm of the frozen model's
+* ``steering_coeff`` ``c``: ``steering_scale`` (5) times the mean L2 norm of the frozen model's
   layer-``l`` hidden states on the forget set. The hand-tuned values of the papers (6.5 for
   zephyr-7b, hundreds for larger models) track each model's activation scale, so a fixed ``c``
   means nothing on another model; a multiple of the measured norm does (Adaptive RMU, Dang et
-  al. 2025, sets ``c`` the same way).
+  al. 2025, sets ``c`` the same way). Measured on SmolLM2-135M (docs/RESULTS.md): scale 5 forgets
+  much more than 2 at the same lr; 20 puts the target out of reach (the forget MSE barely moves).
 * ``alpha`` 100: the retain MSE is tiny at the start (the model is its own reference), so it
   needs a large weight to bind; the paper uses 1200 for zephyr-7b. 100 is not tuned; override it
-  with ``--set alpha=...``. ``lr`` 5e-5, the paper's.
+  with ``--set alpha=...``. ``lr`` 5e-5, the paper's, for zephyr-7b; it barely moves SmolLM2-135M,
+  whose down projections have ~10x larger weights (mean |W| 0.15): use ``--lr 1e-3`` there.
 
 Memory: the retain reference needs the frozen model's activations on every retain batch, so one
 frozen copy of the model (its weights once more, no gradients or optimiser state) is made in
@@ -68,7 +70,7 @@ class RMUConfig:
         metadata={"help": "c, the norm of the target c*u (None: steering_scale x mean norm)"},
     )
     steering_scale: float = field(
-        default=20.0,
+        default=5.0,
         metadata={"help": "c as a multiple of the mean layer-l hidden-state norm (forget set)"},
     )
     alpha: float = field(default=100.0, metadata={"help": "weight of the retain MSE term"})
