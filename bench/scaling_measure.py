@@ -1,7 +1,7 @@
 """The measurements behind docs/SCALING.md, all on CPU with random models built from configs
 (nothing is downloaded, SmolLM2 is not touched):
 
-    python docs/scaling_measure.py > docs/scaling_measure.json
+    python bench/scaling_measure.py > docs/scaling_measure.json
 
 1. ``adapters``: ALTER adapter parameters, counted on Llama-3.2-1B / 3.1-8B / 3.1-70B shaped
    models built on the meta device (no memory), next to the closed-form count of SCALING.md.
@@ -178,7 +178,7 @@ ACT_SHAPES = [  # small Llama shapes: H, I and V varied one at a time
 PREPASS_CHILD = r"""
 import json, resource, sys, torch
 torch.set_num_threads(1)
-sys.path.insert(0, "docs")
+sys.path.insert(0, "bench")
 from scaling_measure import llama_config
 from transformers import AutoModelForCausalLM
 from alter.data.collate import Encoded
