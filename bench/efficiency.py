@@ -175,7 +175,8 @@ def peak_rss(model_name: str, method: str, steps: int) -> float:
         f"overrides={{'max_steps': {steps}, 'epochs': 1000, 'checkpoint_every': None"
         + (", 'stage1_max_steps': 2" if method == "alter" else "")
         + "}, progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent.
+        "print([int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM')][0] / 1024)\n"
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(res.stdout.strip().splitlines()[-1])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
@@ -76,7 +75,7 @@ def run_one(args, method: str, result_path: Path) -> None:
         "method": method,
         "overrides": overrides,
         "unlearn_seconds": wall,
-        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mb": _vm_hwm_mb(),
         "train_summary": {k: v for k, v in summary.items() if not isinstance(v, dict | list)},
         "eval": evaluate(model, tok, bench),
     }
@@ -84,6 +83,13 @@ def run_one(args, method: str, result_path: Path) -> None:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2))
     tmp.replace(result_path)
+
+
+def _vm_hwm_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over exec from the
+    forking parent, so a child would report at least the parent's peak."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def table(results: dict) -> str:
