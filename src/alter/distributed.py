@@ -53,6 +53,34 @@ def check_mixed_precision(value: str) -> str:
     return value
 
 
+@dataclass
+class ScaleOptions:
+    """The scale-out options every training config shares (finetune, the baselines, ALTER);
+    each config inherits them and calls ``super().__post_init__()`` to validate them."""
+
+    grad_accum: int = field(
+        default=1,
+        metadata={
+            "help": "micro-batches per step (one backward each): less memory, same step; the "
+            "loss is the mean of the micro-batch means"
+        },
+    )
+    gradient_checkpointing: bool = field(
+        default=False,
+        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
+    )
+    mixed_precision: str | None = field(
+        default=None,
+        metadata={
+            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
+            "(its --mixed_precision or config file), 'no' outside accelerate launch"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_scale_options(self)
+
+
 def check_scale_options(cfg) -> None:
     """Validate the options every training config shares (``ValueError`` with the reason):
     ``grad_accum``, ``gradient_checkpointing``, ``mixed_precision``."""

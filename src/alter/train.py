@@ -23,13 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, encode_rows, to_device
-from alter.distributed import Runtime, check_scale_options, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, launch_runtime
 from alter.losses import mean_token_nll
 from alter.models import enable_gradient_checkpointing
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(ScaleOptions):
     """Hyperparameters of ``alter finetune``."""
 
     mode: Literal["full", "lora"] = field(
@@ -53,27 +53,9 @@ class FinetuneConfig:
     checkpoint_every: int | None = field(
         default=50, metadata={"help": "save resumable state every N steps (None: never)"}
     )
-    grad_accum: int = field(
-        default=1,
-        metadata={
-            "help": "micro-batches per step (one backward each): less memory, same step; the "
-            "loss is the mean of the micro-batch means"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
-    )
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={
-            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
-            "(its --mixed_precision or config file), 'no' outside accelerate launch"
-        },
-    )
 
     def __post_init__(self):
-        check_scale_options(self)
+        super().__post_init__()
         if self.mode not in ("full", "lora"):
             raise ValueError(f"mode must be 'full' or 'lora', got {self.mode!r}")
         if self.epochs <= 0:

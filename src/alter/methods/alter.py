@@ -46,7 +46,7 @@ from alter.adapters.layer import AlterLinear, Route
 from alter.adapters.model import AlterModel, count_adapter_parameters, num_layers, target_names
 from alter.adapters.router import router_features
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, check_scale_options, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, launch_runtime
 from alter.entropy import adaptive_threshold, tsallis_entropy
 from alter.errors import ConfigError
 from alter.losses import (
@@ -59,7 +59,7 @@ from alter.losses import (
 
 
 @dataclass
-class AlterTrainConfig:
+class AlterTrainConfig(ScaleOptions):
     """Training hyperparameters of ALTER (spec defaults)."""
 
     epochs: float = field(default=3.0, metadata={"help": "Stage II passes over the forget set"})
@@ -92,24 +92,6 @@ class AlterTrainConfig:
             "help": "every N Stage II steps: adapter snapshot (checkpoints/step-N) + resumable state"
         },
     )
-    grad_accum: int = field(
-        default=1,
-        metadata={
-            "help": "micro-batches per step (one backward each): less memory, same step; the "
-            "loss is the mean of the micro-batch means"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
-    )
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={
-            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
-            "(its --mixed_precision or config file), 'no' outside accelerate launch"
-        },
-    )
     prepass_batch_size: int = field(
         default=8,
         metadata={
@@ -119,7 +101,7 @@ class AlterTrainConfig:
     )
 
     def __post_init__(self):
-        check_scale_options(self)
+        super().__post_init__()
         if self.prepass_batch_size < 1:
             raise ValueError(f"prepass_batch_size must be >= 1, got {self.prepass_batch_size}")
         for name in ("epochs", "lr_A", "lr_B", "lr_router"):

@@ -32,7 +32,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, check_scale_options, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, launch_runtime
 from alter.errors import AlterError, ConfigError
 from alter.models import enable_gradient_checkpointing
 
@@ -42,7 +42,7 @@ class TrainingError(AlterError):
 
 
 @dataclass
-class UnlearnConfig:
+class UnlearnConfig(ScaleOptions):
     """Options every baseline shares (ALTER has its own, with the same names where they overlap)."""
 
     epochs: float = field(default=3.0, metadata={"help": "passes over the forget set"})
@@ -60,27 +60,9 @@ class UnlearnConfig:
         default=50,
         metadata={"help": "save resumable state every N steps (None: never); see --resume"},
     )
-    grad_accum: int = field(
-        default=1,
-        metadata={
-            "help": "micro-batches per step (one backward each): less memory, same step; the "
-            "loss is the mean of the micro-batch means"
-        },
-    )
-    gradient_checkpointing: bool = field(
-        default=False,
-        metadata={"help": "recompute activations in backward (less memory, ~1/3 more compute)"},
-    )
-    mixed_precision: str | None = field(
-        default=None,
-        metadata={
-            "help": "no | bf16 (autocast, for GPUs); None: the accelerate launch setting "
-            "(its --mixed_precision or config file), 'no' outside accelerate launch"
-        },
-    )
 
     def __post_init__(self):
-        check_scale_options(self)
+        super().__post_init__()
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.lr is not None and self.lr <= 0:
