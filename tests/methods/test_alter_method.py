@@ -5,40 +5,10 @@ import torch
 
 from alter.adapters import AlterConfig
 from alter.data.schema import validate_rows
-from alter.data.synthetic import SyntheticConfig, make_synthetic
 from alter.errors import ConfigError
 from alter.evals.qa import qa_metrics, summarise
 from alter.methods.alter import AlterTrainConfig, forget_schedule, unlearn_alter
 from alter.models import load_model
-from alter.train import FinetuneConfig, finetune
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic(
-        SyntheticConfig(
-            entities_per_subdomain=4,
-            forget_entities_per_subdomain=1,
-            holdout_entities_per_subdomain=1,
-            facts_per_entity=2,
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def target(bench, tmp_path_factory):
-    model, tok = load_model("tiny-llama")
-    model = finetune(
-        model,
-        tok,
-        bench.train_rows(),
-        FinetuneConfig(epochs=30, lr=3e-3, batch_size=8),
-        progress=False,
-    )
-    path = tmp_path_factory.mktemp("target")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def nll(model, tok, rows):

@@ -7,40 +7,13 @@ import json
 import pytest
 import torch
 
-from alter.data.synthetic import SyntheticConfig, make_synthetic
 from alter.errors import ConfigError
 from alter.methods import METHODS
 from alter.methods.common import sequence_logprobs
 from alter.methods.loop import TrainingError, UnlearnConfig, run_method
 from alter.models import load_model
-from alter.train import FinetuneConfig, finetune
 
 BASELINES = [name for name in METHODS if name != "alter"]
-
-
-@pytest.fixture(scope="module")
-def bench():
-    return make_synthetic(
-        SyntheticConfig(
-            entities_per_subdomain=4,
-            forget_entities_per_subdomain=1,
-            holdout_entities_per_subdomain=1,
-            facts_per_entity=2,
-        )
-    )
-
-
-@pytest.fixture(scope="module")
-def target(bench, tmp_path_factory):
-    """A tiny model that has learned the forget and retain answers (so forgetting is measurable)."""
-    model, tok = load_model("tiny-llama")
-    model = finetune(
-        model, tok, bench.train_rows(), FinetuneConfig(epochs=30, lr=3e-3), progress=False
-    )
-    path = tmp_path_factory.mktemp("target")
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def forget_logprob(model, tok, rows) -> float:
