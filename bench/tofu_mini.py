@@ -4,15 +4,18 @@
         [--retain-items 160] [--epochs 5] [--out runs/tofu-mini]
 
 Authors: TOFU's forget01 authors (the last two of the 200: 40 QA rows) are forgotten; the
-retain authors are the first ones, as many as TOFU's ``retain_perturbed`` evaluation set needs
-to cover its first ``--retain-items`` items (so retain utility is measured on facts the target
-was taught). The target is SmolLM2 fine-tuned on forget + retain rows, the retain model on the
+retain rows are exactly the first ``--retain-items`` items of TOFU's ``retain_perturbed``
+evaluation set (so retain utility is measured on facts the target was taught; 160 items come
+from 9 authors). The target is SmolLM2 fine-tuned on forget + retain rows, the retain model on the
 retain rows only (the reference of forget quality), both cached under OUT. Every method then
 unlearns the 40 forget rows with the same budget (``--epochs`` passes, batches of 4 + 4, the
 method's default lr) and is evaluated with the full TOFU metric set (`alter eval --benchmark
 tofu`: forget01 + retain_perturbed[:N] + real_authors + world_facts, forget quality against the
 retain model, model utility). The same command with ``--retain-items 400`` and all 200 authors is
-the full protocol, for a GPU. Resumable: finished stages are skipped. Writes OUT/table.md.
+the full protocol, for a GPU. Then the attacks of `alter attack` (relearning on the even forget
+rows measured on the odd ones, a jailbreak-style prefix, int8 / int4 rounding) run on the target
+and every method (OUT/attacks/<name>.json). Resumable: finished stages are skipped. Writes
+OUT/table.md and OUT/attacks.md.
 """
 
 from __future__ import annotations
@@ -38,6 +41,12 @@ def main() -> None:
     ap.add_argument("--ft-epochs", type=float, default=5.0)
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default="runs/tofu-mini")
+    ap.add_argument(
+        "--attacks",
+        default="none,relearn,prefix,int8,int4",
+        help="attacks run on the target and every method's model after evaluation ('' skips; "
+        "TOFU has no paraphrased questions, so 'paraphrase' does not apply)",
+    )
     args = ap.parse_args()
 
     from alter.data.benchmarks import load_tofu
@@ -56,10 +65,8 @@ def main() -> None:
         index[r["question"]]
         for r in list(load_tofu("retain_perturbed", tofu_dir))[: args.retain_items]
     ]
-    n_retain_authors = max(covered) // ROWS_PER_AUTHOR + 1
-    retain = RowSet(
-        full[: n_retain_authors * ROWS_PER_AUTHOR], source="tofu-mini:retain", kind="qa"
-    )
+    retain = RowSet([full[i] for i in covered], source="tofu-mini:retain", kind="qa")
+    n_retain_authors = len({i // ROWS_PER_AUTHOR for i in covered})
     forget = RowSet(
         [full[a * ROWS_PER_AUTHOR + j] for a in FORGET_AUTHORS for j in range(ROWS_PER_AUTHOR)],
         source="tofu-mini:forget01",
@@ -165,6 +172,76 @@ def main() -> None:
         )
     (out / "table.md").write_text("\n".join(rows) + "\n")
     print("\n".join(rows))
+    if args.attacks:
+        attack_table(
+            out,
+            forget,
+            retain,
+            target=str(out / "target"),
+            names=args.methods.split(","),
+            attacks=args.attacks.split(","),
+            max_new_tokens=args.max_new_tokens,
+        )
+
+
+def _load_spec(out: Path, name: str, target: str) -> tuple[str, str | None]:
+    run = out / "runs" / name
+    if name == "target":
+        return target, None
+    meta = run / "alter_method.json"
+    if meta.is_file() and json.loads(meta.read_text()).get("kind") == "full":
+        return str(run), None
+    return target, str(run)
+
+
+def attack_table(
+    out: Path,
+    forget,
+    retain,
+    *,
+    target: str,
+    names: list[str],
+    attacks: list[str],
+    max_new_tokens: int,
+) -> None:
+    from alter.api import load
+    from alter.attacks import run_attacks
+
+    (out / "attacks").mkdir(exist_ok=True)
+    names = ["target", *names]
+    for name in names:
+        path = out / "attacks" / f"{name}.json"
+        if path.is_file():
+            continue
+        print(f"{name}: attacking ...", flush=True)
+        spec = _load_spec(out, name, target)
+        t0 = time.perf_counter()
+        results = run_attacks(
+            lambda s=spec: load(*s), forget, retain, attacks, max_new_tokens=max_new_tokens
+        )
+        rec = {"method": name, "results": results, "seconds": time.perf_counter() - t0}
+        tmp = path.with_suffix(".json.partial")
+        tmp.write_text(json.dumps(rec, indent=2))
+        tmp.replace(path)
+    cols = [("none", "forget"), ("none", "heldout_half")] + [
+        (a, "forget") for a in attacks if a != "none"
+    ]
+    head = ["none" if k == "forget" else "none, held-out half" for a, k in cols if a == "none"]
+    head += [f"{a}, held-out half" if a == "relearn" else a for a, _ in cols if a != "none"]
+    lines = [
+        "| model | " + " | ".join(head) + " | retain prob after int4 |",
+        "|" + "---|" * (len(cols) + 2),
+    ]
+    for name in names:
+        res = json.loads((out / "attacks" / f"{name}.json").read_text())["results"]
+        cells = [
+            f"{res[a][k]['prob']:.3f} / {res[a][k]['rougeL_recall']:.2f}" if a in res else "-"
+            for a, k in cols
+        ]
+        int4 = f"{res['int4']['retain']['prob']:.3f}" if "int4" in res else "-"
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {int4} |")
+    (out / "attacks.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":
