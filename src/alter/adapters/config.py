@@ -51,6 +51,20 @@ class AlterConfig:
         default=0.02, metadata={"help": "step size of the centroid-based B_f init"}
     )
     seed: int = field(default=0, metadata={"help": "seed of A's Kaiming init"})
+    layers: Literal["all", "upper"] = field(
+        default="all",
+        metadata={
+            "help": "adapt every matched layer (all), or only those in decoder blocks from the "
+            "routing layer up (upper: the blocks below stay the base model)"
+        },
+    )
+    inference: Literal["prepass", "probe"] = field(
+        default="prepass",
+        metadata={
+            "help": "routing entropy at inference: a base pre-pass (exact) or the entropy probe "
+            "on the routing-layer hidden state (no base logits; one pass with layers=upper)"
+        },
+    )
 
     def __post_init__(self):
         if self.r < 1:
@@ -80,6 +94,10 @@ class AlterConfig:
             raise ValueError("router temperatures must be > 0")
         if self.top_k_high < 1 or self.top_k_low < 1:
             raise ValueError("top_k values must be >= 1")
+        if self.layers not in ("all", "upper"):
+            raise ValueError(f"layers must be 'all' or 'upper', got {self.layers!r}")
+        if self.inference not in ("prepass", "probe"):
+            raise ValueError(f"inference must be 'prepass' or 'probe', got {self.inference!r}")
 
     @property
     def scaling(self) -> float:

@@ -161,13 +161,15 @@ def _load_alter(model: torch.nn.Module, path: Path, allow_other_base: bool) -> A
         tensors = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError, FileNotFoundError) as e:
         raise AdapterError(f"{path / WEIGHTS_NAME}: cannot read adapter weights ({e})") from None
-    expected = {k for k, _ in am.named_parameters() if is_adapter_param(k)}
-    if set(tensors) != expected:
-        missing, unexpected = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
+    params = am.adapter_tensors()
+    # Adapters saved before the entropy probe existed have none; they load with an unfitted probe.
+    optional = {k for k in params if k.endswith("alter_probe")}
+    missing = sorted(set(params) - set(tensors) - optional)
+    unexpected = sorted(set(tensors) - set(params))
+    if missing or unexpected:
         raise AdapterError(
             f"{path / WEIGHTS_NAME}: tensors do not match (missing {missing[:3]}, unexpected {unexpected[:3]})"
         )
-    params = dict(am.named_parameters())
     with torch.no_grad():
         for k, v in tensors.items():
             if params[k].shape != v.shape:

@@ -1,9 +1,16 @@
 """``AlterModel``: a Hugging Face causal LM with ALTER adapters injected, plus the router.
 
-Inference runs two passes per forward: a no-grad **base pre-pass** (adapters off) that yields
-each position's token entropy and the routing layer's hidden state, then the adapted pass with
-per-token expert weights from the router. ``generate`` keeps the two passes in lockstep, each
-with its own KV cache.
+Inference (``AlterConfig.inference``, switchable per model with :meth:`AlterModel.set_inference`):
+
+* ``prepass`` (the spec): a no-grad **base pre-pass** (adapters off) yields each position's token
+  entropy and the routing layer's hidden state, then the adapted pass runs with per-token expert
+  weights from the router. ``generate`` keeps the two passes in lockstep, each with its own KV
+  cache. About two forwards per token.
+* ``probe``: the entropy comes from the router's entropy probe on the routing-layer hidden state,
+  so the base model's logits are never needed. With ``layers="all"`` the pre-pass stops at the
+  routing block (~1.5 forwards); with ``layers="upper"`` the blocks below the routing layer carry
+  no adapter, so the adapted pass's own hidden state there *is* the base one: a hook on the routing
+  block computes the route in flight and inference is a single pass with one KV cache.
 
 Entropy convention: ``S[:, t]`` is the entropy of the base model's predictive distribution at
 position ``t`` (over token ``t + 1``). The same value routes position ``t``, masks the loss on
@@ -23,6 +30,10 @@ from alter.adapters.config import AlterConfig
 from alter.adapters.layer import ADAPTER_PREFIX, AlterLinear, Route
 from alter.adapters.router import Router, router_features
 from alter.errors import ConfigError
+
+
+class _StopForward(Exception):
+    """Raised by a hook to end a forward pass at the routing block."""
 
 
 @dataclass
@@ -81,9 +92,36 @@ def target_names(model: nn.Module, target_modules: str) -> list[str]:
     return names
 
 
-def inject(model: nn.Module, cfg: AlterConfig) -> list[str]:
-    """Replace every module whose name matches ``cfg.target_modules`` with an ``AlterLinear``."""
+def decoder_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """The model's list of decoder blocks (the first ModuleList with one entry per layer)."""
+    n = num_layers(model.config)
+    for name, m in model.named_modules():
+        if isinstance(m, nn.ModuleList) and len(m) == n:
+            return name, m
+    raise ConfigError(f"cannot find the {n} decoder blocks of this model")
+
+
+def block_index(name: str, blocks_name: str) -> int | None:
+    """Index of the decoder block a module named ``name`` sits in (None outside the blocks)."""
+    prefix = f"{blocks_name}."
+    if not name.startswith(prefix):
+        return None
+    head = name[len(prefix) :].split(".", 1)[0]
+    return int(head) if head.isdigit() else None
+
+
+def inject(model: nn.Module, cfg: AlterConfig, *, from_block: int = 0) -> list[str]:
+    """Replace every module whose name matches ``cfg.target_modules`` (and, with
+    ``from_block > 0``, sits in a decoder block ``>= from_block``) with an ``AlterLinear``."""
     names = target_names(model, cfg.target_modules)
+    if from_block > 0:
+        blocks_name, _ = decoder_blocks(model)
+        names = [n for n in names if (block_index(n, blocks_name) or -1) >= from_block]
+        if not names:
+            raise ConfigError(
+                f"target_modules {cfg.target_modules!r} matches no layer in decoder blocks "
+                f">= {from_block} (layers=upper)"
+            )
     for name in names:
         module = model.get_submodule(name)
         parent_name, _, child = name.rpartition(".")
@@ -100,18 +138,33 @@ class AlterModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.model = model
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(cfg.seed)
-            self.adapted = inject(model, cfg)
         n_layers = num_layers(model.config)
         self.routing_layer = cfg.routing_layer if cfg.routing_layer is not None else n_layers // 2
         if not 0 <= self.routing_layer <= n_layers:
             raise ConfigError(f"routing_layer must be in [0, {n_layers}], got {self.routing_layer}")
+        if self.routing_layer == n_layers and (cfg.layers == "upper" or cfg.inference == "probe"):
+            raise ConfigError(
+                f"layers=upper and inference=probe need a routing layer below {n_layers} "
+                "(a decoder block to hook)"
+            )
+        upper = cfg.layers == "upper"
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(cfg.seed)
+            self.adapted = inject(model, cfg, from_block=self.routing_layer if upper else 0)
         self.router = Router(_hidden_size(model.config), cfg.n_forget_experts)
         self.threshold = float(cfg.threshold if threshold is None else threshold)
         self.subdomains: list[str] = [str(d) for d in range(cfg.n_forget_experts)]
         self.centroids: torch.Tensor | None = None  # router slot centroids, set by training
+        self.inference = cfg.inference
         freeze_all_but_adapter(self)
+
+    def set_inference(self, mode: str) -> None:
+        """Switch how inference finds the routing entropy: ``prepass`` or ``probe``."""
+        if mode not in ("prepass", "probe"):
+            raise ConfigError(f"inference must be 'prepass' or 'probe', got {mode!r}")
+        if mode == "probe" and self.routing_layer >= num_layers(self.model.config):
+            raise ConfigError("inference=probe needs a routing layer below the last block")
+        self.inference = mode
 
     # -- plumbing ---------------------------------------------------------------------------
     @property
@@ -188,7 +241,13 @@ class AlterModel(nn.Module):
     # -- the base pre-pass ------------------------------------------------------------------
     @torch.no_grad()
     def prepass(
-        self, input_ids, attention_mask=None, *, past_key_values=None, struct: bool = False
+        self,
+        input_ids,
+        attention_mask=None,
+        *,
+        position_ids=None,
+        past_key_values=None,
+        struct: bool = False,
     ):
         """Run the frozen base model; return entropy, routing hidden state (and its KV cache)."""
         from alter.entropy import tsallis_entropy
@@ -197,6 +256,7 @@ class AlterModel(nn.Module):
             out = self.model(
                 input_ids=input_ids,
                 attention_mask=attention_mask,
+                **({"position_ids": position_ids} if position_ids is not None else {}),
                 **cache_kwargs(self.model, past_key_values),
                 use_cache=past_key_values is not None,
                 output_hidden_states=True,
@@ -220,12 +280,73 @@ class AlterModel(nn.Module):
         )
         return Route(expert_weights=w)
 
+    def _routing_block(self) -> nn.Module:
+        return decoder_blocks(self.model)[1][self.routing_layer]
+
+    def _probe_prepass(self, hidden: torch.Tensor) -> PrePass:
+        if not self.router.probe_fitted:
+            raise ConfigError(
+                "this adapter has no entropy probe (trained before it existed): use "
+                "inference='prepass'"
+            )
+        return PrePass(entropy=self.router.predicted_entropy(hidden), hidden=hidden)
+
+    @torch.no_grad()
+    def _hidden_at_routing_block(self, inputs: dict, cache=None) -> torch.Tensor:
+        """Base model run up to the routing block only (stopped there); its input hidden state."""
+        captured: list[torch.Tensor] = []
+
+        def stop(_module, args, kwargs):
+            captured.append(args[0] if args else kwargs["hidden_states"])
+            raise _StopForward
+
+        handle = self._routing_block().register_forward_pre_hook(stop, with_kwargs=True)
+        try:
+            with self.adapters_disabled():
+                self.model(**inputs, **cache_kwargs(self.model, cache), use_cache=cache is not None)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        return captured[0]
+
+    @contextlib.contextmanager
+    def _route_in_flight(self):
+        """layers=upper + probe: route from the adapted pass's own hidden state at the routing
+        block (equal to the base one: no adapter below it), installed before the block runs."""
+        layers = self.layers()
+
+        def install(_module, args, kwargs):
+            hidden = args[0] if args else kwargs["hidden_states"]
+            route = self.route_from_prepass(self._probe_prepass(hidden))
+            for m in layers:
+                m.route = route
+
+        handle = self._routing_block().register_forward_pre_hook(install, with_kwargs=True)
+        try:
+            yield
+        finally:
+            handle.remove()
+            for m in layers:
+                m.route = None
+
+    def _routed(self, inputs: dict, *, base_cache=None, **kwargs):
+        """One routed forward of ``inputs`` (input_ids, attention_mask, position_ids); the
+        adapted pass gets ``kwargs``, the base pre-pass (if any) ``base_cache``."""
+        if self.inference == "probe" and self.cfg.layers == "upper":
+            with self._route_in_flight():
+                return self.model(**inputs, **kwargs)
+        if self.inference == "probe":
+            pre = self._probe_prepass(self._hidden_at_routing_block(inputs, base_cache))
+        else:
+            pre, _ = self.prepass(**inputs, past_key_values=base_cache)
+        with self.routing(self.route_from_prepass(pre)):
+            return self.model(**inputs, **kwargs)
+
     # -- inference --------------------------------------------------------------------------
     def forward(self, input_ids, attention_mask=None, **kwargs):
-        """Routed forward (pre-pass + adapted pass); returns the HF model output."""
-        pre, _ = self.prepass(input_ids, attention_mask)
-        with self.routing(self.route_from_prepass(pre)):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+        """Routed forward (see the module docstring); returns the HF model output."""
+        return self._routed({"input_ids": input_ids, "attention_mask": attention_mask}, **kwargs)
 
     @torch.no_grad()
     def generate(
@@ -242,7 +363,8 @@ class AlterModel(nn.Module):
         generator: torch.Generator | None = None,
         **_ignored,
     ) -> torch.Tensor:
-        """Greedy (or sampled) decoding with the base pre-pass in lockstep (two KV caches).
+        """Greedy (or sampled) decoding; with a pre-pass, base and adapted passes run in lockstep
+        (two KV caches), with ``layers="upper"`` + ``inference="probe"`` one pass and one cache.
 
         Accepts left-padded batches like ``transformers``' ``generate``; returns prompt + new tokens.
         """
@@ -261,29 +383,12 @@ class AlterModel(nn.Module):
         step_pos = position_ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
         for _ in range(max_new_tokens):
-            with self.adapters_disabled():
-                base = self.model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    **cache_kwargs(self.model, base_cache),
-                    use_cache=True,
-                    output_hidden_states=True,
-                )
-            from alter.entropy import tsallis_entropy
-
-            pre = PrePass(
-                entropy=tsallis_entropy(base.logits, self.cfg.entropy_q),
-                hidden=base.hidden_states[self.routing_layer],
+            out = self._routed(
+                {"input_ids": step_ids, "attention_mask": mask, "position_ids": step_pos},
+                base_cache=base_cache,
+                **cache_kwargs(self.model, adapted_cache),
+                use_cache=True,
             )
-            with self.routing(self.route_from_prepass(pre)):
-                out = self.model(
-                    input_ids=step_ids,
-                    attention_mask=mask,
-                    position_ids=step_pos,
-                    **cache_kwargs(self.model, adapted_cache),
-                    use_cache=True,
-                )
             logits = out.logits[:, -1, :].float()
             if do_sample:
                 probs = torch.softmax(logits / temperature, dim=-1)
@@ -340,8 +445,13 @@ class AlterModel(nn.Module):
 
     # -- parameters -------------------------------------------------------------------------
     def adapter_state_dict(self) -> dict[str, torch.Tensor]:
-        """Every adapter tensor (A, B_r, B_f, router), keyed by its module path."""
-        return {k: v.detach().clone() for k, v in self.named_parameters() if is_adapter_param(k)}
+        """Every adapter tensor (A, B_r, B_f, router, entropy probe), keyed by its module path."""
+        return {k: v.detach().clone() for k, v in self.adapter_tensors().items()}
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The live adapter parameters and buffers (the entropy probe), by module path."""
+        named = [*self.named_parameters(), *self.named_buffers()]
+        return {k: v for k, v in named if is_adapter_param(k)}
 
     def parameter_groups(self) -> dict[str, list[nn.Parameter]]:
         """``A``, ``B_r``, ``B_f`` and ``router`` parameters, for per-group lr and clipping."""

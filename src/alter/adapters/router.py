@@ -5,6 +5,11 @@ state at the routing layer and ``S_t`` its token entropy (a scalar alone cannot 
 experts). Slot 0 means "no forget expert". The temperature and top-k switch at the threshold:
 ``tau_high`` / ``top_k_high`` on high-entropy tokens, ``tau_low`` / ``top_k_low`` on low-entropy
 ones. Kept weights are not renormalised: slot 0 absorbs mass, so retain-like tokens get ~0.
+
+The router also holds the **entropy probe** (``alter_probe``, a buffer: fitted in closed form,
+never by gradient): a ridge regression ``S_t ~ LayerNorm(h_t) . w + b`` from the routing-layer
+hidden state to the base entropy, fitted on the training rows' pre-pass. It lets inference route
+without the base model's final logits (``inference="probe"``, see :mod:`alter.adapters.model`).
 """
 
 from __future__ import annotations
@@ -29,6 +34,34 @@ class Router(nn.Module):
         self.n_experts = n_experts
         self.alter_router = nn.Linear(hidden_size + 2, n_experts + 1, bias=False)
         nn.init.zeros_(self.alter_router.weight)
+        # [w; b] of the entropy probe; all zeros until fit_probe (older adapters have none).
+        self.register_buffer("alter_probe", torch.zeros(hidden_size + 1))
+
+    @property
+    def probe_fitted(self) -> bool:
+        return bool(self.alter_probe.any())
+
+    def predicted_entropy(self, hidden: torch.Tensor) -> torch.Tensor:
+        """``(B, T, H)`` routing-layer hidden states -> ``(B, T)`` predicted base entropy (>= 0)."""
+        h = F.layer_norm(hidden.float(), hidden.shape[-1:])
+        return (h @ self.alter_probe[:-1] + self.alter_probe[-1]).clamp_min(0.0)
+
+    @torch.no_grad()
+    def fit_probe(
+        self, hidden: list[torch.Tensor], entropy: list[torch.Tensor], ridge: float = 1.0
+    ) -> dict[str, float]:
+        """Fit the entropy probe on ``(T_i, H)`` hidden states and ``(T_i,)`` entropies (ridge
+        on ``w``, not on the bias; float64 normal equations). Returns R^2 on the fitting tokens."""
+        x = F.layer_norm(torch.cat(hidden).double(), hidden[0].shape[-1:])
+        y = torch.cat(entropy).double()
+        x1 = torch.cat([x, torch.ones_like(y)[:, None]], dim=1)
+        reg = torch.full((x1.shape[1],), float(ridge), dtype=torch.float64)
+        reg[-1] = 0.0
+        w = torch.linalg.solve(x1.T @ x1 + torch.diag(reg), x1.T @ y)
+        self.alter_probe.copy_(w.to(self.alter_probe.dtype))
+        resid = y - x1 @ w
+        r2 = 1.0 - float(resid.pow(2).sum() / (y - y.mean()).pow(2).sum().clamp_min(1e-12))
+        return {"r2": r2, "tokens": int(y.numel()), "ridge": float(ridge)}
 
     def logits(self, features: torch.Tensor) -> torch.Tensor:
         """``(B, T, H + 2)`` -> ``(B, T, D + 1)``."""

@@ -724,6 +724,11 @@ def unlearn_alter(
     finally:
         if log_file:
             log_file.close()
+    # The entropy probe for inference="probe": routing-layer hidden -> base entropy, on every
+    # position of the training rows (closed form, deterministic, cheap).
+    probe = am.router.fit_probe(
+        [c.hidden for c in f_cache + r_cache], [c.entropy for c in f_cache + r_cache]
+    )
     am.eval()
     summary = {
         "subdomains": names,
@@ -731,6 +736,7 @@ def unlearn_alter(
         "forget_labels": labels,
         "threshold": threshold,
         "high_fraction_answer_tokens": float((answer_entropy > threshold).float().mean()),
+        "entropy_probe": probe,
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
         "processes": rt.world,
@@ -743,7 +749,7 @@ def unlearn_alter(
 
 @torch.no_grad()
 def _load_adapter_tensors(am: AlterModel, tensors: dict[str, torch.Tensor]) -> None:
-    params = dict(am.named_parameters())
+    params = am.adapter_tensors()
     for k, v in tensors.items():
         params[k].copy_(v)
 
