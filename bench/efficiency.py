@@ -12,7 +12,9 @@ Measures, on the built-in benchmark's rows and the same batches for every conten
    the activation-gradient half of the backward 2NT: the base weights get no gradient);
 4. expert scaling: Stage II step time with D = 8 forget experts over D = 1;
 5. inference: log-likelihood evaluation and greedy ``generate`` tokens/s of the ALTER-wrapped
-   model over the plain model (ALTER runs the frozen base pre-pass, so ~2 forwards per token);
+   model over the plain model, for the spec's design (the frozen base pre-pass, ~2 forwards per
+   token), the entropy probe with the pre-pass stopped at the routing block, and the probe with
+   ``layers=upper`` (a single pass); ``--only inference`` runs just this part;
 6. peak RSS of one ALTER run and one full-parameter run (separate subprocesses).
 """
 
@@ -128,15 +130,26 @@ def inference(model_name, bench, n_rows=32, new_tokens=32) -> dict:
 
     rows = RowSet(list(rows)[:n_rows], source="retain-head", kind="qa")
     out = {}
-    for name in ("base", "alter"):
+    # name -> (layers, inference) of the ALTER variants; "alter" is the spec's design.
+    variants = {
+        "base": None,
+        "alter": ("all", "prepass"),
+        "alter_probe": ("all", "probe"),
+        "alter_upper_probe": ("upper", "probe"),
+    }
+    for name, variant in variants.items():
         model, tok = load_model(model_name)
-        if name == "alter":
-            model = AlterModel(model, AlterConfig(n_forget_experts=2))
-            with torch.no_grad():  # non-zero experts so the routed path is exercised
+        if variant is not None:
+            layers, mode = variant
+            model = AlterModel(
+                model, AlterConfig(n_forget_experts=2, layers=layers, inference=mode)
+            )
+            with torch.no_grad():  # non-zero experts and probe so every path is exercised
                 for m in model.layers():
                     m.alter_B_r.normal_(std=1e-3)
                     for b in m.alter_B_f:
                         b.normal_(std=1e-3)
+                model.router.alter_probe[-1] = 1.0
             model.eval()
         answer_nll(model, tok, RowSet(list(rows)[:4], source="w", kind="qa"))  # warm-up
         t0 = time.perf_counter()
@@ -157,10 +170,16 @@ def inference(model_name, bench, n_rows=32, new_tokens=32) -> dict:
             "loglik_seconds": t_ll,
             "rows": len(nll),
         }
-    out["loglik_ratio"] = (
-        out["alter"]["loglik_tokens_per_second"] / out["base"]["loglik_tokens_per_second"]
-    )
-    out["generate_ratio"] = out["base"]["generate_seconds"] / out["alter"]["generate_seconds"]
+    for name in variants:
+        if name == "base":
+            continue
+        suffix = name.removeprefix("alter")
+        out[f"loglik_ratio{suffix}"] = (
+            out[name]["loglik_tokens_per_second"] / out["base"]["loglik_tokens_per_second"]
+        )
+        out[f"generate_ratio{suffix}"] = (
+            out["base"]["generate_seconds"] / out[name]["generate_seconds"]
+        )
     return out
 
 
@@ -189,11 +208,18 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", default="runs/efficiency.json")
+    ap.add_argument("--only", choices=["inference"], default=None)
     args = ap.parse_args()
     from alter.data.synthetic import make_synthetic
 
     bench = make_synthetic()
     res: dict = {"threads": torch.get_num_threads(), "model": args.model}
+    if args.only == "inference":
+        res["inference"] = inference(args.model, bench)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps({k: v for k, v in res["inference"].items() if "ratio" in k}, indent=2))
+        return
     res["matmul_gflops"] = matmul_peak()
     print(f"matmul peak {res['matmul_gflops']:.0f} GFLOP/s", flush=True)
     res["alter_D2"] = alter_stage_two(args.model, bench, args.steps, 2)
@@ -218,6 +244,9 @@ def main() -> None:
     res["inference"] = inference(args.model, bench)
     res["ratios"]["alter_vs_base_loglik"] = res["inference"]["loglik_ratio"]
     res["ratios"]["alter_vs_base_generate"] = res["inference"]["generate_ratio"]
+    for k, v in res["inference"].items():
+        if k.startswith(("loglik_ratio_", "generate_ratio_")):
+            res["ratios"][f"alter{k.split('ratio', 1)[1]}_vs_base_{k.split('_')[0]}"] = v
     res["peak_rss_mb"] = {m: peak_rss(args.model, m, 4) for m in ("alter", "ga")}
     res["ratios"]["alter_vs_full_ft_peak_rss"] = (
         res["peak_rss_mb"]["alter"] / res["peak_rss_mb"]["ga"]

@@ -39,6 +39,7 @@ def test_every_method_ships_a_config_with_its_defaults(name):
         default = {**dataclasses.asdict(type(shared)()), **dataclasses.asdict(type(own)())}
         default["lr"] = METHODS[name].default_lr
     assert got == default
+    assert set(values) == set(default), "the shipped config lists every option"
 
 
 def test_no_config_for_an_unregistered_method():
