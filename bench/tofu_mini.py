@@ -22,8 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _protocol as P  # noqa: E402
 
 FORGET_AUTHORS = (198, 199)  # forget01
 ROWS_PER_AUTHOR = 20
@@ -134,14 +138,7 @@ def main() -> None:
             )
             timings[f"unlearn_{m}"] = time.perf_counter() - t0
             (out / "timings.json").write_text(json.dumps(timings, indent=2))
-        meta = run / "alter_method.json"
-        full_model = meta.is_file() and json.loads(meta.read_text()).get("kind") == "full"
-        evaluate(
-            m,
-            str(run) if full_model else str(out / "target"),
-            None if full_model else str(run),
-            reference,
-        )
+        evaluate(m, *P.model_spec(run, str(out / "target")), reference)
 
     keys = (
         "forget_quality",
@@ -185,13 +182,7 @@ def main() -> None:
 
 
 def _load_spec(out: Path, name: str, target: str) -> tuple[str, str | None]:
-    run = out / "runs" / name
-    if name == "target":
-        return target, None
-    meta = run / "alter_method.json"
-    if meta.is_file() and json.loads(meta.read_text()).get("kind") == "full":
-        return str(run), None
-    return target, str(run)
+    return (target, None) if name == "target" else P.model_spec(out / "runs" / name, target)
 
 
 def attack_table(

@@ -1,0 +1,141 @@
+"""bench/muse_news_mini.py and bench/sequential.py end to end on the tiny random model.
+
+The numbers of a random model mean nothing; these tests check that each protocol runs as one
+command, writes its table and summaries with finite numbers, and that a second run skips every
+finished stage (nothing is rewritten).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "bench" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _stamps(out: Path) -> dict[str, int]:
+    """Modification times of every finished stage's marker and of the timings."""
+    files = [*out.rglob("run_complete.json"), out / "timings.json"]
+    return {str(p.relative_to(out)): p.stat().st_mtime_ns for p in files}
+
+
+def _finite(value) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_muse_selection_traces_every_item_to_trained_text(shared_data):
+    muse = _script("muse_news_mini")
+    sel = muse.build(shared_data / "muse" / "news", 8, None, 512)
+    forget, retain = " ".join(sel["forget_texts"]), " ".join(sel["retain_texts"])
+    assert len(sel["verbmem"]) == len(sel["knowmem_forget"]) == 8
+    assert len(sel["knowmem_retain"]) == 15  # all that privleak/retain2 holds
+    assert all(v["text"].startswith(v["prompt"]) and v["docs"] for v in sel["verbmem"])
+    assert all(v["text"] in forget and v["gt"] in v["text"] for v in sel["verbmem"])
+    assert all(t in forget for t in sel["privleak"]["forget"])
+    assert all(it["answer"] in forget for it in sel["knowmem_forget"])
+    assert all(it["answer"] in retain for it in sel["knowmem_retain"])
+    trained = sel["forget_texts"] + sel["retain_texts"]
+    assert not any(h[:200] in t for h in sel["privleak"]["holdout"] for t in trained)
+
+
+def test_muse_news_mini_end_to_end_and_resume(tmp_path, shared_data):
+    muse = _script("muse_news_mini")
+    out = tmp_path / "muse"
+    argv = [
+        "--model=tiny-llama",
+        f"--data={shared_data}",
+        "--methods=alter,gd,npo",
+        "--forget-items=3",
+        "--retain-items=2",
+        "--text-chars=48",
+        "--ft-epochs=1",
+        "--epochs=1",
+        "--max-new-tokens=4",
+        f"--out={out}",
+    ]
+    result = muse.main(argv)
+    table = (out / "table.md").read_text()
+    for tag in ("retain_model", "target", "alter", "gd", "npo"):
+        assert f"| {tag} |" in table
+        summary = json.loads((out / "evals" / tag / "MUSE_SUMMARY.json").read_text())
+        for key in ("forget_verbmem_ROUGE", "forget_knowmem_ROUGE", "retain_knowmem_ROUGE"):
+            assert 0.0 <= summary[key] <= 1.0
+        assert 0.0 <= summary["mia_min_k"] <= 1.0
+        assert _finite(summary["privleak"]) or summary.get("privleak_reason")
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(result))
+    assert result["selection"]["verbmem"] == 3 and result["selection"]["knowmem_retain"] == 2
+    assert (out / "data" / "muse" / "news" / "knowmem" / "retain_qa.json").is_file()
+
+    before = _stamps(out)
+    muse.main(argv)
+    assert _stamps(out) == before
+    with pytest.raises(SystemExit, match="other options"):
+        muse.main([*argv, "--forget-items=4"])
+
+
+def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
+    seq = _script("sequential")
+    out = tmp_path / "seq"
+    argv = [
+        "--model=tiny-llama",
+        f"--data={shared_data}",
+        "--methods=alter,gd",
+        "--stages=forget05,forget01",  # any order: run from the smallest
+        "--rows-per-author=1",
+        "--retain-items=4",
+        "--utility-items=2",
+        "--ft-epochs=1",
+        "--epochs=1",
+        "--max-new-tokens=4",
+        f"--out={out}",
+    ]
+    result = seq.main(argv)
+    rows = {(r["stage"], r["model"]): r for r in result["rows"]}
+    assert set(rows) == {
+        (s, m) for s in ("forget01", "forget05") for m in ("retain_model", "target", "alter", "gd")
+    }
+    assert result["stages"]["forget01"]["forget_rows"] == 2
+    assert result["stages"]["forget05"]["forget_rows"] == 10
+    for (stage, model), r in rows.items():
+        summary = json.loads(
+            (out / "evals" / _eval_dir(model) / stage / "TOFU_SUMMARY.json").read_text()
+        )
+        assert _finite(summary["model_utility"])
+        if model != "retain_model":
+            assert _finite(r["forget_quality"]) and 0.0 <= r["forget_quality"] <= 1.0
+    lines = (out / "table.md").read_text().splitlines()
+    assert len(lines) == 2 + 8 and lines[2].startswith("| forget01 |")
+    assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(result))
+
+    before = _stamps(out)
+    seq.main(argv)
+    assert _stamps(out) == before
+
+    with pytest.raises(SystemExit):  # ALTER's adapter cannot be chained
+        seq.main([*argv, "--chained"])
+    chained = seq.main(
+        [*[a for a in argv if not a.startswith("--methods")], "--methods=gd", "--chained"]
+    )
+    assert [r["model"] for r in chained["rows"] if r["stage"] == "forget05"][-1] == "gd (chained)"
+    cfg = json.loads(
+        (out / "runs" / "chained" / "gd" / "forget05" / "resolved_config.json").read_text()
+    )
+    assert Path(cfg["model"]) == out / "runs" / "chained" / "gd" / "forget01"
+    for key, stamp in before.items():  # the target, retain model and their evaluations are reused
+        if key.startswith(("target", "retain_model", "evals/target", "evals/retain_model")):
+            assert (out / key).stat().st_mtime_ns == stamp
+
+
+def _eval_dir(model: str) -> str:
+    return model if model in ("retain_model", "target") else f"independent/{model}"
