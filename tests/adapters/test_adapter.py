@@ -149,17 +149,13 @@ def test_load_refuses_other_architecture_other_weights_and_corruption(tmp_path):
         load_adapter(load_model("tiny-llama")[0], tmp_path / "nowhere")
 
 
-def test_generate_matches_a_full_recompute_greedy_loop():
+def test_generate_matches_a_full_recompute_greedy_loop(greedy_by_recompute):
     """The two-cache lockstep generate equals re-running the routed forward on the whole prefix."""
     am, tok = wrapped()
     randomise(am, seed=5)
     prompt = IDS[:1, :5]
     out = am.generate(prompt, max_new_tokens=6, eos_token_id=None)
-    ids = prompt
-    for _ in range(6):
-        nxt = am(ids, torch.ones_like(ids)).logits[:, -1].argmax(-1, keepdim=True)
-        ids = torch.cat([ids, nxt], dim=-1)
-    assert out.tolist() == ids.tolist()
+    assert out.tolist() == greedy_by_recompute(am, prompt, 6).tolist()
 
 
 def test_generate_handles_left_padding_like_unpadded():
