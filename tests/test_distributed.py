@@ -1,6 +1,6 @@
 """Data parallelism on accelerate (alter.distributed): 2 CPU processes over gloo give the result of
-one process with the same global batch; gradient accumulation, gradient checkpointing and mixed
-precision; the shipped accelerate configs.
+one process with the same global batch, with full replicas (DDP-style) and with FSDP2 shards;
+gradient accumulation, gradient checkpointing and mixed precision; the shipped accelerate configs.
 
 Tolerance: the processes sum per-process shares of each mean and all-reduce the gradients, so
 the floating-point reduction order differs from one process (and each slice is padded to its own
@@ -26,7 +26,7 @@ from safetensors.torch import load_file
 
 from alter.data.schema import validate_rows
 from alter.data.synthetic import SyntheticConfig, make_synthetic
-from alter.distributed import Runtime, split
+from alter.distributed import FSDPOptions, Runtime, split
 from alter.errors import ConfigError
 from alter.methods.gd import GD
 from alter.pipeline import unlearn_and_save
@@ -77,23 +77,30 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(*args: str) -> subprocess.CompletedProcess:
-    """``accelerate launch`` with the shipped 2-process CPU config (gloo, offline)."""
+# The shipped FSDP config, on 2 CPU processes (gloo) in fp32.
+FSDP = ("--config_file", str(ACCELERATE_CONFIGS / "fsdp.yaml"), "--num_processes", "2")
+FSDP += ("--mixed_precision", "no")
+
+
+def _launch(
+    *args: str, config: tuple[str, ...] = (), script: Path | None = None, check: bool = True
+) -> subprocess.CompletedProcess:
+    """``accelerate launch`` of ``alter.cli`` (or ``script``) with the shipped 2-process CPU config
+    (gloo, offline), or with the launch options ``config``."""
     cmd = [
         sys.executable,
         "-m",
         "accelerate.commands.launch",
-        "--config_file",
-        str(ACCELERATE_CONFIGS / "cpu_2proc.yaml"),
+        *(config or ("--config_file", str(ACCELERATE_CONFIGS / "cpu_2proc.yaml"))),
         "--main_process_port",
         str(_free_port()),
-        "-m",
-        "alter.cli",
+        *((str(script),) if script else ("-m", "alter.cli")),
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-3000:]
+    if check:
+        assert res.returncode == 0, res.stderr[-3000:]
     return res
 
 
@@ -139,7 +146,9 @@ def _assert_same_run(a: Path, b: Path, weights: str) -> None:
     lb = [json.loads(line) for line in (b / "metrics.jsonl").open()]
     assert [r["step"] for r in la] == [r["step"] for r in lb]
     for ra, rb in zip(la, lb, strict=True):
-        for key in ("loss", "retain_nll", "forget_nll", "ihl", "router_ce"):
+        # grad_norm (before clipping) tells a sum of the processes' gradients from an average,
+        # which Adam's scale invariance would almost hide in the weights.
+        for key in ("loss", "retain_nll", "forget_nll", "ihl", "router_ce", "grad_norm"):
             if key in ra:
                 assert rb[key] == pytest.approx(ra[key], rel=LOSS_RTOL, abs=1e-6), (key, ra, rb)
         if "struct" in ra:  # a mean of |differences| some of which are a few ulps (see above)
@@ -405,11 +414,125 @@ def test_shipped_accelerate_config(name):
     ClusterConfig.from_yaml_file(str(path))
 
 
-@pytest.mark.parametrize("var", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
-def test_sharded_strategies_are_refused_before_anything_starts(monkeypatch, var):
+def test_deepspeed_is_refused_before_anything_starts(monkeypatch):
     from alter.distributed import launch_runtime
 
     monkeypatch.setenv("LOCAL_RANK", "0")
-    monkeypatch.setenv(var, "true")
-    with pytest.raises(ConfigError, match="not supported yet.*Accelerator.prepare"):
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(ConfigError, match="DeepSpeed is not supported.*fsdp.yaml.*ddp.yaml"):
+        launch_runtime()
+
+
+# -- FSDP ------------------------------------------------------------------------------------------
+# The same comparison as above with parameters, gradients and AdamW state sharded by FSDP2: the
+# reduce-scatter sums the shares' gradients (measured: max |w_1proc - w_fsdp| 7.8e-7 for GD, the
+# DDP-style figure; an averaging reduce-scatter gives 2.7e-5 and grad norms off by 50%, and
+# fails). Saved files have the single-process layout: same safetensors header, same config.
+
+
+def _assert_fsdp_run(one: Path, two: Path, weights: str, summary: str) -> None:
+    _assert_same_run(one, two, weights)
+    assert json.loads((two / summary).read_text())["sharding"] == "fsdp"  # not a silent DDP
+    ha, hb = (one / weights).read_bytes(), (two / weights).read_bytes()
+    n = int.from_bytes(ha[:8], "little")
+    assert ha[: 8 + n] == hb[: 8 + n]  # same tensors, names, dtypes, shapes, offsets
+    assert (one / "config.json").read_text() == (two / "config.json").read_text()
+
+
+@pytest.mark.parametrize("method", ["gd", "npo_kl"])
+def test_fsdp_matches_one_process(tmp_path, synth, method):
+    _single(synth, tmp_path / "one", method, GD_OPTS)
+    _launch(*_unlearn_args(synth, tmp_path / "two", method, GD_OPTS), config=FSDP)
+    _assert_fsdp_run(tmp_path / "one", tmp_path / "two", "model.safetensors", "summary.json")
+
+
+def test_fsdp_finetune_matches_one_process(tmp_path, synth):
+    """Full fine-tuning with 2 micro-batches of 3 rows (2 + 1 per process) and gradient
+    checkpointing under FSDP (one process: bit-identical without it), then the evaluation of the
+    sharded model (every process runs every row, in step)."""
+    from alter.data.schema import load_rows
+    from alter.pipeline import finetune_and_save
+    from alter.train import FinetuneConfig
+
+    opts = {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
+    rows = load_rows(str(synth / "train.jsonl"))
+    one = finetune_and_save("tiny-llama", rows, FinetuneConfig(**opts), tmp_path / "one")
+    args = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    data = str(synth / "train.jsonl")
+    _launch(
+        "finetune", "--model", "tiny-llama", "--data", data, "--out", str(tmp_path / "two"),
+        *args, "--gradient-checkpointing", config=FSDP,
+    )  # fmt: skip
+    _assert_fsdp_run(
+        tmp_path / "one", tmp_path / "two", "model.safetensors", "finetune_summary.json"
+    )
+    two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
+    for when in ("eval_before", "eval_after"):
+        assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
+
+
+INTERRUPT = """
+import sys
+
+from alter.cli import main
+from alter.methods.gd import GD
+
+calls, loss = [], GD.loss
+
+
+def failing(self, f, r):
+    calls.append(1)
+    if len(calls) == 5:  # steps 1-4 done, checkpoint at step 4
+        raise RuntimeError("interrupted")
+    return loss(self, f, r)
+
+
+GD.loss = failing
+sys.exit(main())
+"""
+
+
+def test_fsdp_resumes_its_own_checkpoint(tmp_path, synth):
+    """An FSDP run gathers its checkpoint to the single-process form, and resumes from it."""
+    opts = {**GD_OPTS, "checkpoint_every": 2}
+    _single(synth, tmp_path / "straight", "gd", opts)
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT)
+    args = _unlearn_args(synth, tmp_path / "resumed", "gd", opts)
+    res = _launch(*args, config=FSDP, script=script, check=False)
+    assert res.returncode != 0 and "interrupted" in res.stderr
+    ckpt = partial_dir(tmp_path / "resumed") / "resume" / "step-4"
+    assert sorted(load_file(str(ckpt / "tensors.safetensors"))) == sorted(
+        load_file(str(tmp_path / "straight" / "model.safetensors"))
+    )  # full tensors, named as in a single-process checkpoint (tied LM head stored once)
+    _launch(*args, "--resume", config=FSDP)
+    _assert_same_run(tmp_path / "straight", tmp_path / "resumed", "model.safetensors")
+    assert json.loads((tmp_path / "resumed" / "summary.json").read_text())["resumed_from_step"] == 4
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        ("alter", "round-robin"),
+        ("rmu", "stops the forward inside a block"),
+        ("lora", "adapter method"),
+    ],
+)
+def test_fsdp_refuses_what_it_does_not_cover(tmp_path, synth, monkeypatch, method, message):
+    import alter.pipeline
+
+    monkeypatch.setattr(alter.pipeline, "launch_runtime", lambda _mp: Runtime(fsdp=FSDPOptions()))
+    with pytest.raises(ConfigError, match=f"FSDP runs finetune, ga, gd.*{message}.*ddp.yaml"):
+        _single(synth, tmp_path / "x", method, {"max_steps": 1})
+    assert not (tmp_path / "x").exists() and not partial_dir(tmp_path / "x").exists()
+
+
+def test_fsdp_config_problems_are_named(monkeypatch):
+    from alter.distributed import launch_runtime
+
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setenv("FSDP_VERSION", "1")
+    monkeypatch.setenv("FSDP_CPU_RAM_EFFICIENT_LOADING", "true")
+    with pytest.raises(ConfigError, match="fsdp_version must be 2.*cpu_ram_efficient_loading"):
         launch_runtime()

@@ -15,8 +15,22 @@ only when every process holds as many supervised tokens; ALTER's forget experts 
 ``grad=None`` on steps that do not use them (AdamW then skips them), which DDP does not
 preserve; and the methods keep references to their own modules (peft wrappers, frozen copies,
 routing contexts) that a DDP wrapper would hide. The explicit all-reduce is what DDP does
-underneath, minus those three differences. FSDP and DeepSpeed shard parameters and need
-``prepare``: they are refused for now (see ``docs/SCALING.md``).
+underneath, minus those three differences.
+
+**FSDP** (``configs/accelerate/fsdp.yaml``): the same steps, slices and shares, but the model's
+parameters, gradients and AdamW state are sharded over the processes by PyTorch's FSDP2
+(``torch.distributed.fsdp.fully_shard``, :meth:`Runtime.shard`): one shard per decoder block and
+one for the rest. FSDP all-gathers a block's weights for its forward and backward and
+reduce-scatters its gradients; its divide factor is set to 1 with plain ``ReduceOp.SUM``, so the
+reduce-scatter **sums** the shares' gradients exactly as :meth:`Runtime.all_reduce_grads` does
+(FSDP's default is the average). Clipping and AdamW then run on the shards. Checkpoints and
+outputs are gathered to full tensors first (:meth:`Runtime.checkpoint_state`,
+:meth:`Runtime.full_state_dict`), so they are the files a single process writes and a run resumes
+across strategies and process counts. FSDP covers the full-parameter trainings
+(:data:`FSDP_METHODS`); the others are refused with the reason (:func:`check_fsdp`). accelerate's
+own FSDP path (``Accelerator.prepare``) is not used: it averages gradients, needs the optimiser
+prepared with the model, and on a machine without GPUs accelerate 1.15 silently turns an FSDP
+config into DDP, so it could not be tested here. DeepSpeed is refused (see ``docs/SCALING.md``).
 
 A plain ``alter ...`` is one process: :class:`Runtime` defaults to rank 0 of 1 on the CPU,
 :func:`sharing` is false and every caller keeps its own single-process expression, so
@@ -98,6 +112,81 @@ def check_scale_options(cfg) -> None:
         check_mixed_precision(cfg.mixed_precision)
 
 
+# What FSDP trains: the full-parameter trainings, whose trainable parameters are the model's own.
+FSDP_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
+_NOT_FSDP = {
+    "alter": "not wired: ALTER's base pre-pass deals batches round-robin, so the processes run "
+    "different numbers of forwards, which FSDP's block-by-block all-gathers cannot follow",
+    "rmu": "RMU stops the forward inside a block (a hook raises), which leaves FSDP's "
+    "all-gathers unbalanced",
+    "finetune --mode lora": "peft wraps the model and merges the adapters back after training",
+}
+
+
+@dataclass(frozen=True)
+class FSDPOptions:
+    """What alter reads of an accelerate FSDP config (``fsdp_config:`` in the YAML, which
+    ``accelerate launch`` passes on as ``FSDP_*`` environment variables)."""
+
+    reshard_after_forward: bool = True  # False: keep gathered blocks until backward (ZeRO-2-like)
+    # Block classes sharded on their own; None: the model's blocks (``_no_split_modules``);
+    # (): none, one shard group for the whole model.
+    wrap: tuple[str, ...] | None = None
+
+    @classmethod
+    def from_env(cls) -> FSDPOptions:
+        env = os.environ.get
+        problems = []
+        if env("FSDP_VERSION", "1") != "2":
+            problems.append("fsdp_version must be 2 (alter runs FSDP2, torch's fully_shard)")
+        if env("FSDP_OFFLOAD_PARAMS", "false").lower() == "true":
+            problems.append("fsdp_offload_params is not supported")
+        if env("FSDP_ACTIVATION_CHECKPOINTING", "false").lower() == "true":
+            problems.append(
+                "fsdp_activation_checkpointing is not read: use alter's gradient_checkpointing "
+                "option (--set gradient_checkpointing=true)"
+            )
+        if env("FSDP_CPU_RAM_EFFICIENT_LOADING", "false").lower() == "true":
+            problems.append(
+                "fsdp_cpu_ram_efficient_loading must be false (every process loads the model; "
+                "with it transformers leaves the weights empty on all but rank 0)"
+            )
+        if env("FSDP_STATE_DICT_TYPE", "FULL_STATE_DICT") != "FULL_STATE_DICT":
+            problems.append(
+                "fsdp_state_dict_type must be FULL_STATE_DICT (alter writes full models)"
+            )
+        policy = env("FSDP_AUTO_WRAP_POLICY", "TRANSFORMER_BASED_WRAP")
+        if policy not in ("TRANSFORMER_BASED_WRAP", "NO_WRAP"):
+            problems.append(
+                f"fsdp_auto_wrap_policy must be TRANSFORMER_BASED_WRAP or NO_WRAP, got {policy}"
+            )
+        if problems:
+            raise ConfigError("FSDP config: " + "; ".join(problems))
+        names = tuple(
+            n.strip() for n in env("FSDP_TRANSFORMER_CLS_TO_WRAP", "").split(",") if n.strip()
+        )
+        return cls(
+            reshard_after_forward=env("FSDP_RESHARD_AFTER_FORWARD", "true").lower() == "true",
+            wrap=() if policy == "NO_WRAP" else (names or None),
+        )
+
+
+def check_fsdp(rt: Runtime, what: str) -> None:
+    """Refuse, before anything runs, a training FSDP does not cover (``what``: a method name,
+    ``finetune`` or ``finetune --mode lora``)."""
+    if rt.fsdp is None or what in FSDP_METHODS:
+        return
+    reason = _NOT_FSDP.get(
+        what,
+        "not wired for the adapter methods (they train a few percent of the weights, whose "
+        "gradients and optimiser state a full replica holds cheaply)",
+    )
+    raise ConfigError(
+        f"FSDP runs {', '.join(FSDP_METHODS)} (full parameters); not {what}: {reason}. Run it "
+        "with configs/accelerate/ddp.yaml (one replica per process, every method)"
+    )
+
+
 def split(rows: Sequence[int], part: int, parts: int) -> list[int]:
     """Contiguous slice ``part`` of ``parts`` of ``rows``; the first ``len % parts`` get one more."""
     q, r = divmod(len(rows), parts)
@@ -160,6 +249,7 @@ class Runtime:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     mixed_precision: str = "no"
     accelerator: Any = None
+    fsdp: FSDPOptions | None = None  # set: parameters sharded with FSDP2 (see the module doc)
 
     @property
     def is_main(self) -> bool:
@@ -248,8 +338,9 @@ class Runtime:
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum gradients over processes. A parameter without a gradient on every process keeps
         ``grad=None`` (ALTER's unused forget experts); one with a gradient somewhere gets a zero
-        gradient where it had none, so every process steps the same parameters."""
-        if not self.distributed:
+        gradient where it had none, so every process steps the same parameters. Under FSDP a
+        no-op: backward has reduce-scattered (summed) them already."""
+        if not self.distributed or self.fsdp is not None:
             return
         import torch.distributed as dist
 
@@ -268,6 +359,140 @@ class Runtime:
             for g in bucket:
                 g.copy_(flat[offset : offset + g.numel()].view_as(g))
                 offset += g.numel()
+
+    # -- FSDP (no-ops without it) ------------------------------------------------------------
+    def shard(self, model: torch.nn.Module) -> None:
+        """Shard ``model`` in place with FSDP2: each block (see :class:`FSDPOptions`), then the
+        rest. Every parameter becomes a DTensor shard (build the optimiser afterwards); module
+        objects stay the same, so a method's references to them keep working."""
+        if self.fsdp is None:
+            return
+        from torch.distributed.fsdp import FSDPModule, fully_shard
+
+        names = self.fsdp.wrap
+        if names is None:
+            names = tuple(getattr(model, "_no_split_modules", None) or ())
+        blocks = [m for m in model.modules() if type(m).__name__ in names]
+        if names and not blocks:
+            raise ConfigError(
+                f"FSDP: no module of class {', '.join(names)} in {type(model).__name__} "
+                "(fsdp_transformer_layer_cls_to_wrap)"
+            )
+        for module in (*blocks, model):
+            fully_shard(module, reshard_after_forward=self.fsdp.reshard_after_forward)
+        for module in model.modules():
+            if isinstance(module, FSDPModule):
+                # Sum the shares' gradients (FSDP averages by default), with a plain SUM
+                # reduce-scatter: gloo has no PREMUL_SUM, and a factor of 1 divides nothing.
+                module.set_gradient_divide_factor(1.0)
+                module.set_force_sum_reduction_for_comms(True)
+
+    @torch.no_grad()
+    def checkpoint_state(
+        self, named: dict[str, torch.nn.Parameter], optimizers: dict[str, torch.optim.Optimizer]
+    ) -> tuple[dict[str, torch.Tensor], dict]:
+        """What :func:`alter.checkpoint.save_checkpoint` takes, in the single-process form: under
+        FSDP the shards are gathered to full CPU tensors (every process must call this; only
+        rank 0 writes), else ``named`` and ``optimizers`` themselves."""
+        if self.fsdp is None:
+            return dict(named), optimizers
+        tensors = {n: _full(p).cpu() for n, p in named.items()}
+        states = {}
+        for key, opt in optimizers.items():
+            sd = opt.state_dict()
+            sd["state"] = {
+                i: {k: _full(v).cpu() if torch.is_tensor(v) else v for k, v in st.items()}
+                for i, st in sd["state"].items()
+            }
+            states[key] = _GatheredOptimizer(sd)
+        return tensors, states
+
+    @torch.no_grad()
+    def load_params(
+        self, named: dict[str, torch.nn.Parameter], tensors: dict[str, torch.Tensor]
+    ) -> None:
+        """Copy full tensors (a checkpoint's) into the parameters, each process its shard."""
+        for name, p in named.items():
+            p.copy_(_local(tensors[name], p))
+
+    def shard_optimizer_state(self, opt: torch.optim.Optimizer) -> None:
+        """After ``opt.load_state_dict`` of a full (single-process form) state: cut the
+        parameter-shaped tensors to this process's shards."""
+        if self.fsdp is None:
+            return
+        for group in opt.param_groups:
+            for p in group["params"]:
+                state = opt.state.get(p, {})
+                for k, v in state.items():
+                    if torch.is_tensor(v) and v.shape == p.shape:
+                        state[k] = _local(v, p)
+
+    @contextlib.contextmanager
+    def full_state_dict(self, model: torch.nn.Module):
+        """Inside, ``model.state_dict()`` returns full CPU tensors on rank 0, so the usual
+        ``save_pretrained`` writes the files a single process writes. Under FSDP the gather
+        (``get_model_state_dict(full_state_dict=True, cpu_offload=True)``) is a collective:
+        every process enters. A no-op without FSDP."""
+        if self.fsdp is None:
+            yield
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(
+            model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+        )
+        if self.is_main:
+            # Tied weights (embeddings and LM head) come back as two tensors: make them one
+            # again, as in a plain model's state dict, so save_pretrained drops the alias.
+            first: dict[int, str] = {}
+            for name, p in model.named_parameters(remove_duplicate=False):
+                kept = first.setdefault(id(p), name)
+                if kept != name and kept in full and name in full:
+                    full[name] = full[kept]
+
+        def swap(_module, state_dict, prefix, _meta):
+            for k in state_dict:
+                if k in full:
+                    state_dict[k] = full[k]
+
+        handle = model.register_state_dict_post_hook(swap)
+        try:
+            yield
+        finally:
+            handle.remove()
+
+
+@dataclass
+class _GatheredOptimizer:
+    """A gathered optimiser state where ``save_checkpoint`` expects an optimiser."""
+
+    state: dict
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
+def _full(t: torch.Tensor) -> torch.Tensor:
+    from torch.distributed.tensor import DTensor
+
+    return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _local(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``full`` as ``like`` holds it: this process's shard when ``like`` is a DTensor (every
+    process has the full tensor, so nothing is sent)."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    if not isinstance(like, DTensor):
+        return full
+    full = full.to(device=like.device, dtype=like.dtype)
+    return distribute_tensor(full, like.device_mesh, like.placements, src_data_rank=None)
+
+
+def clip_grad_norm(params: Sequence[torch.nn.Parameter], max_norm: float) -> torch.Tensor:
+    """``torch.nn.utils.clip_grad_norm_``; the total norm as a plain tensor (under FSDP the
+    norm of the sharded gradients is a DTensor)."""
+    return _full(torch.nn.utils.clip_grad_norm_(params, max_norm))
 
 
 def _buckets(grads: list[torch.Tensor]) -> Iterator[list[torch.Tensor]]:
@@ -301,6 +526,12 @@ def _has_accelerator() -> bool:
 
 
 _RUNTIME: Runtime | None = None
+DEEPSPEED_REFUSAL = (
+    "DeepSpeed is not supported: alter's training loops are not wired to a DeepSpeed engine "
+    "(see docs/SCALING.md). For sharded parameters, gradients and optimiser state (ZeRO-3's "
+    "role) use FSDP: configs/accelerate/fsdp.yaml, for finetune, ga, gd, npo, npo_kl, simnpo; "
+    "for every method, one replica per process: configs/accelerate/ddp.yaml"
+)
 
 
 def launch_runtime(mixed_precision: str | None = None) -> Runtime:
@@ -330,29 +561,24 @@ def launch_runtime(mixed_precision: str | None = None) -> Runtime:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
-    sharded = [
-        name
-        for name, var in (
-            ("FSDP", "ACCELERATE_USE_FSDP"),
-            ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"),
-        )
-        if os.environ.get(var, "").lower() == "true"
-    ]
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        raise ConfigError(DEEPSPEED_REFUSAL)
+    fsdp = None
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        fsdp = FSDPOptions.from_env()
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" or not _has_accelerator()
-    acc = None if sharded else Accelerator(cpu=use_cpu, mixed_precision=check)
-    if sharded or acc.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
-        what = sharded[0] if sharded else acc.distributed_type.value
-        raise ConfigError(
-            f"{what} is not supported yet: alter's data parallelism keeps one full replica per "
-            "process (DDP-style, configs/accelerate/ddp.yaml); FSDP and DeepSpeed ZeRO shard "
-            "parameters and need Accelerator.prepare (planned, see docs/SCALING.md)"
-        )
+    # accelerate gives the process state (rank, device, process group); alter shards the model
+    # itself with FSDP2 (Runtime.shard) rather than through Accelerator.prepare.
+    acc = Accelerator(cpu=use_cpu, mixed_precision=check)
+    if acc.distributed_type == DistributedType.DEEPSPEED:
+        raise ConfigError(DEEPSPEED_REFUSAL)
     _RUNTIME = Runtime(
         rank=acc.process_index,
         world=acc.num_processes,
         device=acc.device,
         mixed_precision=check,
         accelerator=acc,
+        fsdp=fsdp,
     )
     return _RUNTIME
 

@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alter import __version__
-from alter.distributed import Runtime, launch_runtime, sharded_eval
+from alter.distributed import Runtime, check_fsdp, launch_runtime, sharded_eval
 from alter.evals.qa import as_dicts, qa_metrics, summarise
 from alter.models import alter_home, load_model
 from alter.runs import RESUME_DIR, is_complete, partial_dir, run_dir, write_json
@@ -47,6 +47,7 @@ def finetune_and_save(
     interrupted run from its last checkpoint (see :func:`alter.train.finetune`).
     """
     rt = launch_runtime(cfg.mixed_precision)
+    check_fsdp(rt, "finetune" if cfg.mode == "full" else "finetune --mode lora")
     progress = progress and rt.is_main
     model, tok = load_model(model_name, seed=cfg.seed)
     _place(model, rt)
@@ -56,6 +57,7 @@ def finetune_and_save(
         "rows": len(rows),
         "config": asdict(cfg),
         "processes": rt.world,
+        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
     }
     if evaluate:
         with sharded_eval(rt):
@@ -78,15 +80,22 @@ def finetune_and_save(
         )
         result["train_seconds"] = time.perf_counter() - t0
         if evaluate:
-            with sharded_eval(rt):
+            # An FSDP model runs the same forwards on every process (each gathers the weights
+            # block by block), so there every process evaluates every row.
+            with sharded_eval(rt) if rt.fsdp is None else contextlib.nullcontext():
                 result["eval_after"] = summarise(
                     qa_metrics(model, tok, rows, generate=False, progress=progress)
                 )
-        if rt.is_main:
-            save_model(
-                model, tok, tmp, config=cfg, extra={"base_model": model_name, "data": rows.source}
-            )
-            write_json(tmp / "finetune_summary.json", result)
+        with rt.full_state_dict(model):  # FSDP: gathered on rank 0 (every process enters)
+            if rt.is_main:
+                save_model(
+                    model,
+                    tok,
+                    tmp,
+                    config=cfg,
+                    extra={"base_model": model_name, "data": rows.source},
+                )
+                write_json(tmp / "finetune_summary.json", result)
     rt.barrier()  # the others return once rank 0 has put the run in place
     return result
 
@@ -331,6 +340,7 @@ def unlearn_and_save(
     forget_rows, retain_rows = _rows(forget), _rows(retain)
     warn_all(check_forget_retain(forget_rows, retain_rows))
     rt = launch_runtime(train_cfg.mixed_precision)
+    check_fsdp(rt, method)
     progress = progress and rt.is_main
     model, tok = load_model(model_name)
     _place(model, rt)
@@ -384,9 +394,10 @@ def unlearn_and_save(
                 progress=progress,
                 runtime=rt,
             )
-            if rt.is_main:
-                m.save(tmp, tok)
-                write_json(tmp / "summary.json", summary)
+            with rt.full_state_dict(m.result()):  # FSDP: gathered on rank 0 (all enter)
+                if rt.is_main:
+                    m.save(tmp, tok)
+                    write_json(tmp / "summary.json", summary)
             result = m.result()
     rt.barrier()  # the others return once rank 0 has put the run in place
     return result, tok

@@ -7,7 +7,7 @@ the result is a plain Hugging Face model directory.
 
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps and the same loss
-as one process, one replica per process, rank 0 writing.
+as one process, one replica (or, under FSDP, one shard) per process, rank 0 writing.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, check_fsdp, clip_grad_norm, launch_runtime
 from alter.losses import mean_token_nll
 from alter.models import enable_gradient_checkpointing
 
@@ -102,6 +102,7 @@ def finetune(
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
     rt = runtime or launch_runtime(cfg.mixed_precision)
+    check_fsdp(rt, "finetune" if cfg.mode == "full" else "finetune --mode lora")
     if not rt.is_main:
         log_path, progress = None, False
     torch.manual_seed(cfg.seed)
@@ -126,6 +127,7 @@ def finetune(
 
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
         model = get_peft_model(model, lora)
+    rt.shard(model)  # FSDP: every parameter becomes its shard (a no-op otherwise)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -135,9 +137,8 @@ def finetune(
     ckpt = latest_checkpoint(resume_dir) if resume_dir else None
     if ckpt is not None:
         tensors, state = load_checkpoint(ckpt, {"main": opt})
-        with torch.no_grad():
-            for n, p in named.items():
-                p.copy_(tensors[n])
+        rt.shard_optimizer_state(opt)
+        rt.load_params(named, tensors)
         sched.load_state_dict(state["scheduler"])
         start = state["step"]
         if log_path:
@@ -168,7 +169,7 @@ def finetune(
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr")
             rt.all_reduce_grads(params)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
             opt.step()
             sched.step()
             done = step + 1
@@ -186,15 +187,17 @@ def finetune(
                 log.write(json.dumps(rec) + "\n")
                 log.flush()
             if (
-                rt.is_main
-                and resume_dir
+                resume_dir
                 and cfg.checkpoint_every
                 and done % cfg.checkpoint_every == 0
                 and done < total
             ):
-                save_checkpoint(
-                    resume_dir, done, named, {"main": opt}, {"scheduler": sched.state_dict()}
-                )
+                # Every process: under FSDP this gathers the shards. Rank 0 writes.
+                tensors, opts = rt.checkpoint_state(named, {"main": opt})
+                if rt.is_main:
+                    save_checkpoint(
+                        resume_dir, done, tensors, opts, {"scheduler": sched.state_dict()}
+                    )
     finally:
         bar.close()
         if log:

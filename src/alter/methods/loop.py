@@ -15,7 +15,8 @@ everything else, so the shared options mean the same thing for every method:
 
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps, the same loss
-(a mean over the step's global batch), one replica per process.
+(a mean over the step's global batch), one replica per process, or one shard per process under
+FSDP (the model is sharded after ``setup``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, check_fsdp, clip_grad_norm, launch_runtime
 from alter.errors import AlterError, ConfigError
 from alter.models import enable_gradient_checkpointing
 
@@ -201,6 +202,7 @@ def run_method(
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
     rt = runtime or launch_runtime(cfg.mixed_precision)
+    check_fsdp(rt, method.name)
     if not rt.is_main:
         log_path, progress = None, False
     torch.manual_seed(cfg.seed)
@@ -218,6 +220,11 @@ def run_method(
     if not params:
         raise TrainingError(f"method '{method.name}' has no trainable parameters on this model")
     named = _trainable_names(method, params)
+    if rt.fsdp is not None:
+        # FSDP replaces every parameter of the model by its shard: train those.
+        rt.shard(method.result())
+        named = {n: p for n, p in method.result().named_parameters() if n in named}
+        params = list(named.values())
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     collate = Collator(ctx.pad_id)
@@ -229,9 +236,8 @@ def run_method(
         tensors, state = load_checkpoint(ckpt, {"main": opt})
         for group in opt.param_groups:  # a resumed run may lower the lr (e.g. after a NaN)
             group["lr"] = lr
-        with torch.no_grad():
-            for name, p in named.items():
-                p.copy_(tensors[name])
+        rt.shard_optimizer_state(opt)
+        rt.load_params(named, tensors)
         start, tokens = state["step"], state["tokens"]
         if log_path:
             truncate_log(log_path, lambda rec: rec.get("step", 0) <= start)
@@ -273,7 +279,7 @@ def run_method(
                     + _kept(resume_dir)
                 )
             rt.all_reduce_grads(params)
-            norm = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            norm = clip_grad_norm(params, cfg.max_grad_norm)
             if not torch.isfinite(norm):
                 raise TrainingError(
                     f"{method.name}: gradient norm became {float(norm)} at step {step + 1}; "
@@ -288,13 +294,15 @@ def run_method(
                 log.flush()
             done = step + 1
             if (
-                rt.is_main
-                and resume_dir
+                resume_dir
                 and cfg.checkpoint_every
                 and done % cfg.checkpoint_every == 0
                 and done < total
             ):
-                save_checkpoint(resume_dir, done, dict(named), {"main": opt}, {"tokens": tokens})
+                # Every process: under FSDP this gathers the shards. Rank 0 writes.
+                tensors, opts = rt.checkpoint_state(named, {"main": opt})
+                if rt.is_main:
+                    save_checkpoint(resume_dir, done, tensors, opts, {"tokens": tokens})
     finally:
         bar.close()
         if log:
@@ -310,6 +318,7 @@ def run_method(
         "lr": lr,
         "trainable_parameters": n_train,
         "processes": rt.world,
+        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
         "setup_seconds": setup_s,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - t0,
