@@ -26,11 +26,27 @@ reduce-scatter **sums** the shares' gradients exactly as :meth:`Runtime.all_redu
 (FSDP's default is the average). Clipping and AdamW then run on the shards. Checkpoints and
 outputs are gathered to full tensors first (:meth:`Runtime.checkpoint_state`,
 :meth:`Runtime.full_state_dict`), so they are the files a single process writes and a run resumes
-across strategies and process counts. FSDP covers the full-parameter trainings
-(:data:`FSDP_METHODS`); the others are refused with the reason (:func:`check_fsdp`). accelerate's
-own FSDP path (``Accelerator.prepare``) is not used: it averages gradients, needs the optimiser
-prepared with the model, and on a machine without GPUs accelerate 1.15 silently turns an FSDP
-config into DDP, so it could not be tested here. DeepSpeed is refused (see ``docs/SCALING.md``).
+across strategies and process counts. That covers the full-parameter trainings
+(:data:`FULL_FSDP_METHODS`).
+
+For the adapter methods (:data:`ADAPTER_FSDP_METHODS`: ALTER, LoRA, AsymLoRA) what must be
+sharded is the frozen base (a 70B base does not fit one GPU; the adapters are small):
+:meth:`Runtime.shard_frozen` freezes and shards the plain model *before* the adapters are
+injected (ALTER's number of experts is only known after its base pre-pass, which runs on the
+sharded model). The adapter parameters are then ordinary tensors FSDP does not manage, whole on
+every process: their gradients are summed by :meth:`Runtime.all_reduce_grads` as in the DDP path
+(so ALTER's unused forget experts keep ``grad=None``), and checkpoints and adapter files need no
+gather. Every forward all-gathers the base block by block, so **every process runs the same
+number of forwards**: training steps already do (an empty slice runs a weight-0 stand-in), setup
+passes (ALTER's expert initialisation, NPO references) run every row on every process, and
+ALTER's round-robin pre-pass is padded (:meth:`Runtime.forwards`: at most one repeated batch per
+process, its result discarded). Measured against one process (2 gloo CPU processes,
+``tests/test_distributed.py``): ALTER's adapter within 1.7e-7, LoRA's 3.1e-8. The other methods
+are refused with the reason (:func:`check_fsdp`).
+
+accelerate's own FSDP path (``Accelerator.prepare``) is not used: it averages gradients, needs
+the optimiser prepared with the model, and on a machine without GPUs accelerate 1.15 silently
+turns an FSDP config into DDP, so it could not be tested here. DeepSpeed is refused (see ``docs/SCALING.md``).
 
 A plain ``alter ...`` is one process: :class:`Runtime` defaults to rank 0 of 1 on the CPU,
 :func:`sharing` is false and every caller keeps its own single-process expression, so
@@ -112,13 +128,16 @@ def check_scale_options(cfg) -> None:
         check_mixed_precision(cfg.mixed_precision)
 
 
-# What FSDP trains: the full-parameter trainings, whose trainable parameters are the model's own.
-FSDP_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
+# What FSDP trains: the full-parameter trainings, whose trainable parameters are the model's own
+# (all sharded), and the adapter methods, whose frozen base is sharded before the adapters go in
+# (the adapters stay whole on every process, their gradients summed by an explicit all-reduce).
+FULL_FSDP_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
+ADAPTER_FSDP_METHODS = ("alter", "lora", "asymlora")
+FSDP_METHODS = FULL_FSDP_METHODS + ADAPTER_FSDP_METHODS
 _NOT_FSDP = {
-    "alter": "not wired: ALTER's base pre-pass deals batches round-robin, so the processes run "
-    "different numbers of forwards, which FSDP's block-by-block all-gathers cannot follow",
     "rmu": "RMU stops the forward inside a block (a hook raises), which leaves FSDP's "
     "all-gathers unbalanced",
+    "elm": "ELM runs its own peft model with adapters switched off and on (not wired)",
     "finetune --mode lora": "peft wraps the model and merges the adapters back after training",
 }
 
@@ -176,13 +195,10 @@ def check_fsdp(rt: Runtime, what: str) -> None:
     ``finetune`` or ``finetune --mode lora``)."""
     if rt.fsdp is None or what in FSDP_METHODS:
         return
-    reason = _NOT_FSDP.get(
-        what,
-        "not wired for the adapter methods (they train a few percent of the weights, whose "
-        "gradients and optimiser state a full replica holds cheaply)",
-    )
+    reason = _NOT_FSDP.get(what, "not wired")
     raise ConfigError(
-        f"FSDP runs {', '.join(FSDP_METHODS)} (full parameters); not {what}: {reason}. Run it "
+        f"FSDP runs {', '.join(FULL_FSDP_METHODS)} (full parameters) and "
+        f"{', '.join(ADAPTER_FSDP_METHODS)} (sharded base); not {what}: {reason}. Run it "
         "with configs/accelerate/ddp.yaml (one replica per process, every method)"
     )
 
@@ -338,11 +354,18 @@ class Runtime:
     def all_reduce_grads(self, params: Sequence[torch.nn.Parameter]) -> None:
         """Sum gradients over processes. A parameter without a gradient on every process keeps
         ``grad=None`` (ALTER's unused forget experts); one with a gradient somewhere gets a zero
-        gradient where it had none, so every process steps the same parameters. Under FSDP a
-        no-op: backward has reduce-scattered (summed) them already."""
-        if not self.distributed or self.fsdp is not None:
+        gradient where it had none, so every process steps the same parameters. Under FSDP only
+        the parameters FSDP does not manage (adapters injected into a sharded base): backward
+        has reduce-scattered (summed) the sharded ones already."""
+        if not self.distributed:
             return
         import torch.distributed as dist
+        from torch.distributed.tensor import DTensor
+
+        if self.fsdp is not None:
+            params = [p for p in params if not isinstance(p, DTensor)]
+            if not params:  # the same on every process: all parameters sharded
+                return
 
         has = torch.tensor(
             [p.grad is not None for p in params], dtype=torch.float32, device=self.device
@@ -386,6 +409,27 @@ class Runtime:
                 # reduce-scatter: gloo has no PREMUL_SUM, and a factor of 1 divides nothing.
                 module.set_gradient_divide_factor(1.0)
                 module.set_force_sum_reduction_for_comms(True)
+
+    def shard_frozen(self, model: torch.nn.Module) -> None:
+        """For the adapter methods: freeze every parameter of the base ``model``, then shard it
+        (:meth:`shard`). Adapters injected afterwards are ordinary tensors FSDP does not manage:
+        whole on every process, their gradients summed by :meth:`all_reduce_grads`. Frozen first,
+        so the weights FSDP gathers never ask for a gradient. A no-op without FSDP."""
+        if self.fsdp is None:
+            return
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.shard(model)
+
+    def forwards(self, items: Sequence) -> list[tuple[Any, bool]]:
+        """Round-robin share of ``items`` (``items[rank::world]``) as ``(item, keep)`` pairs.
+        Under FSDP every process runs as many forwards (each all-gathers the weights block by
+        block), so the shorter shares are padded with ``items[0]``, marked ``keep=False``: run
+        it and discard the result. At most one extra forward per process."""
+        mine = [(x, True) for x in items[self.rank :: self.world]]
+        if self.fsdp is not None and items:
+            mine += [(items[0], False)] * (-(-len(items) // self.world) - len(mine))
+        return mine
 
     @torch.no_grad()
     def checkpoint_state(
@@ -478,6 +522,46 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     return t.full_tensor() if isinstance(t, DTensor) else t
 
 
+def unsharded_class(cls: type) -> type:
+    """The class FSDP2 subclassed when it sharded a module of class ``cls`` (``cls`` itself
+    for a module it did not shard)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if issubclass(cls, FSDPModule):
+        return next(b for b in cls.__bases__ if b is not FSDPModule)
+    return cls
+
+
+def full_tensor(t: torch.Tensor) -> torch.Tensor:
+    """The whole of ``t``: gathered when it is an FSDP shard (a collective: every process calls
+    it for the same tensors, in the same order), else ``t`` itself."""
+    return _full(t)
+
+
+def leading_values(tensors: Sequence[torch.Tensor], n: int) -> list[torch.Tensor]:
+    """The first ``n`` values of each flattened tensor. An FSDP shard (``Shard(0)``, rank ``i``
+    holding the ``i``-th block of rows) holds a piece of them: every process's first ``n`` local
+    values are gathered (one ``all_gather_object``; every process must call this) and joined in
+    rank order, so only ``n`` values per tensor and process move."""
+    from torch.distributed.tensor import DTensor, Shard
+
+    sharded = [isinstance(t, DTensor) for t in tensors]
+    if not any(sharded):
+        return [t.flatten()[:n] for t in tensors]
+    import torch.distributed as dist
+
+    local = [
+        (t.to_local() if s else t).detach().flatten()[:n].cpu()
+        for t, s in zip(tensors, sharded, strict=True)
+    ]
+    for t in tensors:
+        if isinstance(t, DTensor):
+            assert t.placements == (Shard(0),), t.placements
+    parts: list = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, local)
+    return [torch.cat([p[i] for p in parts])[:n] if s else local[i] for i, s in enumerate(sharded)]
+
+
 def _local(full: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     """``full`` as ``like`` holds it: this process's shard when ``like`` is a DTensor (every
     process has the full tensor, so nothing is sent)."""
@@ -529,8 +613,9 @@ _RUNTIME: Runtime | None = None
 DEEPSPEED_REFUSAL = (
     "DeepSpeed is not supported: alter's training loops are not wired to a DeepSpeed engine "
     "(see docs/SCALING.md). For sharded parameters, gradients and optimiser state (ZeRO-3's "
-    "role) use FSDP: configs/accelerate/fsdp.yaml, for finetune, ga, gd, npo, npo_kl, simnpo; "
-    "for every method, one replica per process: configs/accelerate/ddp.yaml"
+    "role) use FSDP: configs/accelerate/fsdp.yaml, for finetune, ga, gd, npo, npo_kl, simnpo, "
+    "alter, lora, asymlora; for every method, one replica per process: "
+    "configs/accelerate/ddp.yaml"
 )
 
 

@@ -35,13 +35,15 @@ def architecture_fingerprint(am: AlterModel) -> str:
 
 
 def weights_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of the first 4096 values of every base (non-adapter) tensor: cheap and discriminating."""
+    """SHA-256 of the first 4096 values of every base (non-adapter) tensor: cheap and discriminating.
+    On an FSDP-sharded model every process must call it (the values are gathered)."""
+    from alter.distributed import leading_values
+
+    named = [(n, p.detach()) for n, p in model.named_parameters() if not is_adapter_param(n)]
     h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        if is_adapter_param(name):
-            continue
+    for (name, _), head in zip(named, leading_values([p for _, p in named], 4096), strict=True):
         h.update(name.encode())
-        h.update(p.detach().flatten()[:4096].float().numpy().tobytes())
+        h.update(head.float().numpy().tobytes())
     return h.hexdigest()[:16]
 
 
@@ -58,7 +60,7 @@ def save_adapter(am: AlterModel, out: str | Path, *, extra: dict | None = None) 
         "subdomains": am.subdomains,
         "adapted_modules": am.adapted,
         "architecture": architecture_fingerprint(am),
-        "base_weights": weights_checksum(am),
+        "base_weights": am.base_weights or weights_checksum(am),
         "base_model_type": getattr(am.config, "model_type", None),
         **(extra or {}),
     }

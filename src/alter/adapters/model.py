@@ -155,6 +155,9 @@ class AlterModel(nn.Module):
         self.threshold = float(cfg.threshold if threshold is None else threshold)
         self.subdomains: list[str] = [str(d) for d in range(cfg.n_forget_experts)]
         self.centroids: torch.Tensor | None = None  # router slot centroids, set by training
+        # Checksum of the base weights (adapters.io), set by training when the base is sharded
+        # (FSDP): computing it there is a collective, saving happens on rank 0 only.
+        self.base_weights: str | None = None
         self.inference = cfg.inference
         freeze_all_but_adapter(self)
 

@@ -46,7 +46,7 @@ from alter.adapters.layer import AlterLinear, Route
 from alter.adapters.model import AlterModel, count_adapter_parameters, num_layers, target_names
 from alter.adapters.router import router_features
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, full_tensor, launch_runtime
 from alter.entropy import adaptive_threshold, tsallis_entropy
 from alter.errors import ConfigError
 from alter.losses import (
@@ -153,15 +153,16 @@ def base_cache(
 
     With several processes, batch ``b`` (rows sorted by length) runs on process ``b % world``
     and the caches are gathered: every process ends with the whole cache, equal to the
-    single-process one (same batches, same model).
+    single-process one (same batches, same model). Under FSDP a process with one batch fewer
+    runs the first (shortest) batch again and discards it (:meth:`Runtime.forwards`).
     """
     rt = runtime or Runtime()
     collate = Collator(pad_id)
     device = next(model.parameters()).device
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].input_ids))
-    starts = list(range(0, len(order), batch_size))[rt.rank :: rt.world]
+    starts = rt.forwards(range(0, len(order), batch_size))
     local: dict[int, RowCache] = {}
-    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+    for s, keep in tqdm(starts, desc=desc, disable=not progress, leave=False):
         idx = order[s : s + batch_size]
         b = to_device(collate([encoded[i] for i in idx]), device)
         with rt.autocast():
@@ -170,6 +171,8 @@ def base_cache(
                 attention_mask=b["attention_mask"],
                 output_hidden_states=True,
             )
+        if not keep:
+            continue
         ent = tsallis_entropy(res.logits, q).cpu()
         st = tsallis_entropy(res.logits, q_struct).cpu()
         hid = res.hidden_states[layer].float().cpu()
@@ -309,7 +312,7 @@ def init_forget_experts(
         for h in handles:
             h.remove()
     for m in layers:
-        w0 = m.base_layer.weight.float()
+        w0 = full_tensor(m.base_layer.weight).float()  # FSDP: gathered, layer by layer
         w0 = w0 if isinstance(m.base_layer, torch.nn.Linear) else w0.t()  # (d_out, d_in)
         for d in range(D):
             if counts[d] == 0:
@@ -612,6 +615,9 @@ def unlearn_alter(
     r_enc = encode_rows(retain, tokenizer, max_length=tcfg.max_length)
     n_layers = num_layers(model.config)
     layer = adapter_cfg.routing_layer if adapter_cfg.routing_layer is not None else n_layers // 2
+    # FSDP: the frozen base is sharded now, before the pre-pass; the adapters, injected after it
+    # (their number of experts comes from the pre-pass), stay whole on every process.
+    rt.shard_frozen(model)
     model.eval()
     q, qs = adapter_cfg.entropy_q, adapter_cfg.q_struct
     f_cache, r_cache = (
@@ -653,6 +659,10 @@ def unlearn_alter(
         }
     )
     am = AlterModel(model, cfg)
+    if rt.fsdp is not None:  # the checksum gathers pieces of the shards: every process, once
+        from alter.adapters.io import weights_checksum
+
+        am.base_weights = weights_checksum(am)
     am.router.to(am.device)
     am.subdomains = list(names)
     if tcfg.gradient_checkpointing:
@@ -740,6 +750,7 @@ def unlearn_alter(
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
         "processes": rt.world,
+        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
         "resumed_from": state or None,  # {"stage": 1|2, "step": N} of the checkpoint, if any
         "train_config": asdict(tcfg),
         "adapter_config": cfg.to_dict(),

@@ -16,7 +16,7 @@ everything else, so the shared options mean the same thing for every method:
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps, the same loss
 (a mean over the step's global batch), one replica per process, or one shard per process under
-FSDP (the model is sharded after ``setup``).
+FSDP (the model is sharded after ``setup``; for the adapter methods the frozen base before it).
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, check_fsdp, clip_grad_norm, launch_runtime
+from alter.distributed import (
+    ADAPTER_FSDP_METHODS,
+    Runtime,
+    ScaleOptions,
+    check_fsdp,
+    clip_grad_norm,
+    launch_runtime,
+)
 from alter.errors import AlterError, ConfigError
 from alter.models import enable_gradient_checkpointing
 
@@ -215,12 +222,18 @@ def run_method(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     ctx = Context(model, tokenizer, forget, retain, f_enc, r_enc, cfg, progress)
+    adapter_fsdp = rt.fsdp is not None and method.name in ADAPTER_FSDP_METHODS
+    if adapter_fsdp:
+        # The frozen base is sharded before setup injects the adapters, which stay whole on
+        # every process (their gradients are all-reduced); setup's forwards run every row on
+        # every process, so the processes enter the same all-gathers.
+        rt.shard_frozen(model)
     method.setup(ctx)
     params = method.trainable()
     if not params:
         raise TrainingError(f"method '{method.name}' has no trainable parameters on this model")
     named = _trainable_names(method, params)
-    if rt.fsdp is not None:
+    if rt.fsdp is not None and not adapter_fsdp:
         # FSDP replaces every parameter of the model by its shard: train those.
         rt.shard(method.result())
         named = {n: p for n, p in method.result().named_parameters() if n in named}

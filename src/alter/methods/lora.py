@@ -18,6 +18,7 @@ from pathlib import Path
 
 from alter.adapters.config import DEFAULT_TARGETS
 from alter.adapters.model import target_names
+from alter.distributed import unsharded_class
 from alter.methods.common import FORGET_LOSSES, forget_term, logits, retain_nll, sequence_logprobs
 
 
@@ -89,6 +90,12 @@ class LoRA:
         return self.model
 
     def save(self, out: Path, tokenizer) -> None:
+        base = type(self.model.get_base_model())
+        own = unsharded_class(base)
+        if own is not base:
+            # FSDP2 swaps in a subclass of the model's class, whose name peft would record in
+            # adapter_config.json: record the model's own class, as a single process does.
+            self.model._get_base_model_class = lambda is_prompt_tuning=False: own
         self.model.save_pretrained(out, safe_serialization=True)
         meta = {"method": self.name, "kind": "peft", "base_weights": self.base_weights}
         (out / "alter_method.json").write_text(json.dumps(meta, indent=2) + "\n")
