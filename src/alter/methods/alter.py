@@ -665,6 +665,12 @@ def unlearn_alter(
         am.base_weights = weights_checksum(am)
     am.router.to(am.device)
     am.subdomains = list(names)
+    # The entropy probe for inference="probe": routing-layer hidden -> base entropy, on every
+    # position of the training rows (closed form, deterministic, cheap). Fitted before training
+    # so that every snapshot carries it.
+    probe = am.router.fit_probe(
+        [c.hidden for c in f_cache + r_cache], [c.entropy for c in f_cache + r_cache]
+    )
     if tcfg.gradient_checkpointing:
         am.enable_gradient_checkpointing()
 
@@ -734,11 +740,6 @@ def unlearn_alter(
     finally:
         if log_file:
             log_file.close()
-    # The entropy probe for inference="probe": routing-layer hidden -> base entropy, on every
-    # position of the training rows (closed form, deterministic, cheap).
-    probe = am.router.fit_probe(
-        [c.hidden for c in f_cache + r_cache], [c.entropy for c in f_cache + r_cache]
-    )
     am.eval()
     summary = {
         "subdomains": names,
