@@ -260,3 +260,54 @@ def test_demo_runs_end_to_end_and_caches_the_target(tmp_path, capsys):
     code, out, err = run(argv, capsys)  # second run: target cached, ALTER run reused
     assert code == 0, err
     assert "target model: cached" in out and "reusing the finished run" in out
+
+
+def test_inference_option_routes_with_the_probe(tmp_path, synth_dir, capsys):
+    """`--set layers=upper` trains the single-pass layout; `--inference probe` serves it. The
+    option is refused without an ALTER adapter and with a bad value, as one error line."""
+    import torch
+
+    import alter
+
+    run_dir = tmp_path / "upper"
+    short = ["--max-steps", "2", "--set", "stage1_max_steps=2"]
+    code, _, err = run(unlearn_argv(synth_dir, run_dir, *short, "--set", "layers=upper"), capsys)
+    assert code == 0, err
+    am, tok = alter.load("tiny-llama", run_dir, inference="probe")
+    assert am.inference == "probe" and am.router.probe_fitted
+    ids = tok("Who?", return_tensors="pt")
+    with torch.no_grad():  # the probe changes the routing entropy: logits differ from prepass
+        probe_logits = am(**ids).logits
+        am.set_inference("prepass")
+        assert not torch.allclose(probe_logits, am(**ids).logits)
+    gen = ["generate", "--model", "tiny-llama", "--adapter", str(run_dir), "-p", "Who?"]
+    code, out, err = run([*gen, "--max-new-tokens", "3", "--inference", "probe"], capsys)
+    assert code == 0, err
+    assert out.startswith("Q: Who?\nA:")
+
+    code, _, err = run([*gen, "--inference", "fast"], capsys)
+    assert code == 1 and "error: inference must be" in err and "Traceback" not in err
+    code, _, err = run(
+        ["generate", "--model", "tiny-llama", "-p", "Q?", "--inference", "probe"], capsys
+    )
+    assert code == 1 and "needs an ALTER adapter" in err
+    lora = tmp_path / "lora"
+    code, _, err = run(
+        unlearn_argv(synth_dir, lora, "--method", "lora", "--max-steps", "1"), capsys
+    )
+    assert code == 0, err
+    code, _, err = run(
+        [
+            "generate",
+            "--model",
+            "tiny-llama",
+            "--adapter",
+            str(lora),
+            "-p",
+            "Q?",
+            "--inference",
+            "probe",
+        ],
+        capsys,
+    )
+    assert code == 1 and "applies to ALTER adapters only" in err

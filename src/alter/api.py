@@ -123,12 +123,23 @@ def unlearn(
     )
 
 
-def load(model: str, adapter: str | Path | None = None, *, allow_other_base: bool = False):
-    """Load ``model`` (alias, directory or hub id) and optionally wrap it with a saved adapter."""
+def load(
+    model: str,
+    adapter: str | Path | None = None,
+    *,
+    allow_other_base: bool = False,
+    inference: str | None = None,
+):
+    """Load ``model`` (alias, directory or hub id) and optionally wrap it with a saved adapter;
+    ``inference`` (``prepass`` | ``probe``) sets how an ALTER adapter routes."""
     from alter.adapters.io import load_adapter
     from alter.models import load_model
 
+    if inference not in (None, "prepass", "probe"):
+        raise ConfigError(f"inference must be 'prepass' or 'probe', got {inference!r}")
+    if inference is not None and adapter is None:
+        raise ConfigError(f"inference={inference} needs an ALTER adapter (--adapter)")
     m, tok = load_model(model)
     if adapter is None:
         return m, tok
-    return load_adapter(m, adapter, allow_other_base=allow_other_base), tok
+    return load_adapter(m, adapter, allow_other_base=allow_other_base, inference=inference), tok

@@ -318,6 +318,15 @@ def methods_cmd():
     typer.echo(describe_methods())
 
 
+InferenceOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="how an ALTER adapter routes: prepass (base pre-pass, exact) or probe (entropy "
+        "probe; single pass if trained with layers=upper); default: as saved"
+    ),
+]
+
+
 @app.command("generate")
 def generate_cmd(
     prompt: Annotated[list[str], typer.Option("--prompt", "-p", help="question(s) to answer")],
@@ -330,12 +339,13 @@ def generate_cmd(
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
+    inference: InferenceOpt = None,
 ):
     """Answer questions greedily (with an adapter: the unlearned model), same prompt format as training."""
     from alter.api import load
     from alter.evals.qa import generate_answers
 
-    m, tok = load(model, adapter, allow_other_base=allow_other_base)
+    m, tok = load(model, adapter, allow_other_base=allow_other_base, inference=inference)
     for q, a in zip(
         prompt, generate_answers(m, tok, prompt, max_new_tokens=max_new_tokens), strict=True
     ):
@@ -395,6 +405,7 @@ def attack_cmd(
     allow_other_base: Annotated[
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,
+    inference: InferenceOpt = None,
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ):
     """Try to bring forgotten knowledge back (relearning, paraphrases, prefixes, quantisation)."""
@@ -407,9 +418,10 @@ def attack_cmd(
     check_out_dir(out, overwrite=overwrite)
     forget_rows = load_rows(forget)
     retain_rows = load_rows(retain) if retain else None
-    load(model, adapter, allow_other_base=allow_other_base)  # fail on a bad model/adapter now
+    kw = {"allow_other_base": allow_other_base, "inference": inference}
+    load(model, adapter, **kw)  # fail on a bad model/adapter now
     results = run_attacks(
-        lambda: load(model, adapter, allow_other_base=allow_other_base),
+        lambda: load(model, adapter, **kw),
         forget_rows,
         retain_rows,
         names,
@@ -423,6 +435,7 @@ def attack_cmd(
             {
                 "model": model,
                 "adapter": str(adapter) if adapter else None,
+                "inference": inference,
                 "results": results,
                 "forget_prob_change": rec,
             },

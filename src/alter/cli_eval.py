@@ -93,6 +93,10 @@ def eval_cmd(
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,
     seed: Annotated[int, typer.Option(help="seed")] = 0,
+    inference: Annotated[
+        str | None,
+        typer.Option(help="how an ALTER adapter routes: prepass | probe (default: as saved)"),
+    ] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="progress bars")
     ] = True,
@@ -113,6 +117,7 @@ def eval_cmd(
         wmdp_subsets=tuple(wmdp) if wmdp else DEFAULT_WMDP_SUBSETS,
         seed=seed,
         allow_other_base=allow_other_base,
+        inference=inference,
         progress=progress,
     )
     summary = run_eval(

@@ -47,6 +47,8 @@ def test_eval_then_report(shared_data, tmp_path, capsys):
         (("--reference", "/no/ref.json"), "error: /no/ref.json: no such reference file"),
         (("--limit", "0"), "error: --limit must be >= 1"),
         (("--forget-split", "forget02"), "error: unknown TOFU forget split 'forget02'"),
+        (("--inference", "fast"), "error: inference must be prepass or probe"),
+        (("--inference", "probe"), "error: inference=probe needs an ALTER adapter"),
     ],
 )
 def test_eval_errors_are_one_line(shared_data, tmp_path, capsys, extra, message):

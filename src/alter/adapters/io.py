@@ -88,14 +88,35 @@ def read_adapter_config(path: str | Path) -> dict:
 METHOD_META = "alter_method.json"
 
 
-def load_adapter(model: torch.nn.Module, path: str | Path, *, allow_other_base: bool = False):
+def load_adapter(
+    model: torch.nn.Module,
+    path: str | Path,
+    *,
+    allow_other_base: bool = False,
+    inference: str | None = None,
+):
     """Wrap a plain HF ``model`` with the adapter saved in the run directory ``path``.
 
     Reads every adapter kind ``alter unlearn`` writes: ALTER (outputs match bit for bit),
     AsymLoRA, and peft adapters (LoRA, ELM). A full-parameter run is a model directory, not an
-    adapter: it is refused with the command that loads it.
+    adapter: it is refused with the command that loads it. ``inference`` (``prepass`` or
+    ``probe``) overrides how an ALTER adapter routes at inference (its saved default otherwise).
     """
     path = Path(path)
+    if inference is not None:
+        am = load_adapter(model, path, allow_other_base=allow_other_base)
+        if not isinstance(am, AlterModel):
+            raise AdapterError(f"{path}: inference={inference} applies to ALTER adapters only")
+        try:
+            am.set_inference(inference)
+        except AlterError as e:
+            raise AdapterError(f"{path}: {e}") from None
+        if inference == "probe" and not am.router.probe_fitted:
+            raise AdapterError(
+                f"{path}: this ALTER adapter has no entropy probe (trained before it existed): "
+                "use inference=prepass"
+            )
+        return am
     if not path.is_dir():
         raise AdapterError(f"{path}: no such adapter directory")
     method_meta = _read_json_file(path / METHOD_META) if (path / METHOD_META).is_file() else {}

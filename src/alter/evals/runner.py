@@ -50,7 +50,7 @@ import torch
 from alter.data.benchmarks import MMLU_SUBJECTS, WMDP_SUBSETS, default_data_dir
 from alter.data.schema import DataError, RowSet
 from alter.distributed import launch_runtime, sharded_eval
-from alter.errors import AlterError
+from alter.errors import AlterError, ConfigError
 from alter.evals import fluency as flu
 from alter.evals.results import entry, write_results
 from alter.runs import check_out_dir, run_dir, write_json
@@ -119,6 +119,10 @@ class EvalOptions:
     allow_other_base: bool = field(
         default=False, metadata={"help": "Load an adapter on a model whose weights differ."}
     )
+    inference: str | None = field(
+        default=None,
+        metadata={"help": "How an ALTER adapter routes: prepass | probe (default: as saved)."},
+    )
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
 
     def __post_init__(self) -> None:
@@ -132,6 +136,8 @@ class EvalOptions:
         for name in ("batch_size", "privleak_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.inference not in (None, "prepass", "probe"):
+            raise ValueError(f"inference must be prepass or probe, got {self.inference!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.mmlu_subjects == ("all",):
@@ -163,12 +169,16 @@ class Loaded:
 def _load(model_spec: str, adapter, opts: EvalOptions) -> Loaded:
     from alter.models import load_model
 
+    if opts.inference is not None and adapter is None:
+        raise ConfigError(f"inference={opts.inference} needs an ALTER adapter (--adapter)")
     model, tok = load_model(model_spec, seed=opts.seed)
     original, ctx, name = model, None, "the evaluated model itself (no adapter, no --original)"
     if adapter is not None:
         from alter.adapters.io import load_adapter
 
-        model = load_adapter(model, adapter, allow_other_base=opts.allow_other_base)
+        model = load_adapter(
+            model, adapter, allow_other_base=opts.allow_other_base, inference=opts.inference
+        )
         if opts.original is None:
             name = f"{model_spec} (adapter off)"
             if hasattr(model, "adapters_disabled"):
