@@ -157,3 +157,17 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def tofu_retain(tofu_dir: Path, retain_items: int, source: str):
+    """TOFU's ``full`` rows and the retain rows: exactly the first ``retain_items`` items of
+    ``retain_perturbed`` (so retain utility is measured on facts the target was taught)."""
+    from alter.data.benchmarks import load_tofu
+    from alter.data.schema import RowSet
+
+    full = list(load_tofu("full", tofu_dir))
+    index = {r["question"]: i for i, r in enumerate(full)}
+    covered = [
+        index[r["question"]] for r in list(load_tofu("retain_perturbed", tofu_dir))[:retain_items]
+    ]
+    return full, covered, RowSet([full[i] for i in covered], source=source, kind="qa")

@@ -179,13 +179,7 @@ def main(argv: list[str] | None = None) -> dict:
     mode = "chained" if args.chained else "independent"
 
     tofu_dir = Path(args.data) / "tofu"
-    full = list(load_tofu("full", tofu_dir))
-    index = {r["question"]: i for i, r in enumerate(full)}
-    covered = [
-        index[r["question"]]
-        for r in list(load_tofu("retain_perturbed", tofu_dir))[: args.retain_items]
-    ]
-    retain = RowSet([full[i] for i in covered], source="sequential:retain", kind="qa")
+    full, _, retain = P.tofu_retain(tofu_dir, args.retain_items, "sequential:retain")
     k = args.rows_per_author
     forget = {}
     for s, n in STAGES.items():

@@ -63,13 +63,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tofu_dir = Path(args.data) / "tofu"
-    full = list(load_tofu("full", tofu_dir))
-    index = {r["question"]: i for i, r in enumerate(full)}
-    covered = [
-        index[r["question"]]
-        for r in list(load_tofu("retain_perturbed", tofu_dir))[: args.retain_items]
-    ]
-    retain = RowSet([full[i] for i in covered], source="tofu-mini:retain", kind="qa")
+    full, covered, retain = P.tofu_retain(tofu_dir, args.retain_items, "tofu-mini:retain")
     n_retain_authors = len({i // ROWS_PER_AUTHOR for i in covered})
     forget = RowSet(
         [full[a * ROWS_PER_AUTHOR + j] for a in FORGET_AUTHORS for j in range(ROWS_PER_AUTHOR)],
