@@ -132,10 +132,11 @@ def load(
 ):
     """Load ``model`` (alias, directory or hub id) and optionally wrap it with a saved adapter;
     ``inference`` (``prepass`` | ``probe``) sets how an ALTER adapter routes."""
+    from alter.adapters.config import INFERENCE_MODES
     from alter.adapters.io import load_adapter
     from alter.models import load_model
 
-    if inference not in (None, "prepass", "probe"):
+    if inference is not None and inference not in INFERENCE_MODES:
         raise ConfigError(f"inference must be 'prepass' or 'probe', got {inference!r}")
     if inference is not None and adapter is None:
         raise ConfigError(f"inference={inference} needs an ALTER adapter (--adapter)")

@@ -113,7 +113,9 @@ def test_probe_round_trips_and_old_adapters_without_one_still_load(tmp_path):
     old = load_adapter(load_model("tiny-llama")[0], tmp_path / "a")
     assert not old.router.probe_fitted
     old(IDS, MASK)  # the pre-pass still works
-    old.set_inference("probe")
+    with pytest.raises(ConfigError, match="no entropy probe"):
+        old.set_inference("probe")
+    old.inference = "probe"  # forced past the check: the forward refuses too
     with pytest.raises(ConfigError, match="no entropy probe"):
         old(IDS, MASK)
 

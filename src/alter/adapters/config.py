@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 # Llama / Qwen / Mistral / Gemma projection names, and GPT-2's Conv1D names.
+# How an ALTER model finds the routing entropy at inference (AlterModel.set_inference).
+INFERENCE_MODES = ("prepass", "probe")
 DEFAULT_TARGETS = r"(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj|c_attn|c_proj|c_fc)$"
 
 
@@ -96,7 +98,7 @@ class AlterConfig:
             raise ValueError("top_k values must be >= 1")
         if self.layers not in ("all", "upper"):
             raise ValueError(f"layers must be 'all' or 'upper', got {self.layers!r}")
-        if self.inference not in ("prepass", "probe"):
+        if self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be 'prepass' or 'probe', got {self.inference!r}")
 
     @property

@@ -111,11 +111,6 @@ def load_adapter(
             am.set_inference(inference)
         except AlterError as e:
             raise AdapterError(f"{path}: {e}") from None
-        if inference == "probe" and not am.router.probe_fitted:
-            raise AdapterError(
-                f"{path}: this ALTER adapter has no entropy probe (trained before it existed): "
-                "use inference=prepass"
-            )
         return am
     if not path.is_dir():
         raise AdapterError(f"{path}: no such adapter directory")

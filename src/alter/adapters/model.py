@@ -26,10 +26,12 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from alter.adapters.config import AlterConfig
+from alter.adapters.config import INFERENCE_MODES, AlterConfig
 from alter.adapters.layer import ADAPTER_PREFIX, AlterLinear, Route
 from alter.adapters.router import Router, router_features
 from alter.errors import ConfigError
+
+NO_PROBE = "this adapter has no entropy probe (trained before it existed): use inference='prepass'"
 
 
 class _StopForward(Exception):
@@ -162,11 +164,14 @@ class AlterModel(nn.Module):
         freeze_all_but_adapter(self)
 
     def set_inference(self, mode: str) -> None:
-        """Switch how inference finds the routing entropy: ``prepass`` or ``probe``."""
-        if mode not in ("prepass", "probe"):
+        """Switch how inference finds the routing entropy: ``prepass`` or ``probe`` (which needs
+        a fitted entropy probe and a routing layer below the last block)."""
+        if mode not in INFERENCE_MODES:
             raise ConfigError(f"inference must be 'prepass' or 'probe', got {mode!r}")
         if mode == "probe" and self.routing_layer >= num_layers(self.model.config):
             raise ConfigError("inference=probe needs a routing layer below the last block")
+        if mode == "probe" and not self.router.probe_fitted:
+            raise ConfigError(NO_PROBE)
         self.inference = mode
 
     # -- plumbing ---------------------------------------------------------------------------
@@ -288,10 +293,7 @@ class AlterModel(nn.Module):
 
     def _probe_prepass(self, hidden: torch.Tensor) -> PrePass:
         if not self.router.probe_fitted:
-            raise ConfigError(
-                "this adapter has no entropy probe (trained before it existed): use "
-                "inference='prepass'"
-            )
+            raise ConfigError(NO_PROBE)
         return PrePass(entropy=self.router.predicted_entropy(hidden), hidden=hidden)
 
     @torch.no_grad()

@@ -47,6 +47,7 @@ from typing import Protocol
 
 import torch
 
+from alter.adapters.config import INFERENCE_MODES
 from alter.data.benchmarks import MMLU_SUBJECTS, WMDP_SUBSETS, default_data_dir
 from alter.data.schema import DataError, RowSet
 from alter.distributed import launch_runtime, sharded_eval
@@ -136,7 +137,7 @@ class EvalOptions:
         for name in ("batch_size", "privleak_max_length"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.inference not in (None, "prepass", "probe"):
+        if self.inference is not None and self.inference not in INFERENCE_MODES:
             raise ValueError(f"inference must be prepass or probe, got {self.inference!r}")
         if self.max_new_tokens is not None and self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
