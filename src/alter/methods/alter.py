@@ -75,6 +75,13 @@ class AlterTrainConfig(ScaleOptions):
     lr_A: float = field(default=1e-5, metadata={"help": "learning rate of the shared A"})
     lr_B: float = field(default=1e-3, metadata={"help": "learning rate of B_r and B_f"})
     lr_router: float = field(default=1e-3, metadata={"help": "learning rate of the router"})
+    router_fit_steps: int = field(
+        default=200,
+        metadata={
+            "help": "full-batch steps fitting the router's cross-entropy on the cached pre-pass "
+            "features before Stage II (0: centroid init only, as the spec)"
+        },
+    )
     beta: float = field(default=1.0, metadata={"help": "weight of the forget IHL term"})
     gamma: float = field(default=1.0, metadata={"help": "weight of the retain NLL term"})
     lam: float = field(default=0.01, metadata={"help": "lambda: weight of L_struct"})
@@ -112,6 +119,8 @@ class AlterTrainConfig(ScaleOptions):
         for name in ("forget_batch_size", "retain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.router_fit_steps < 0:
+            raise ValueError(f"router_fit_steps must be >= 0, got {self.router_fit_steps}")
         for name in ("max_steps", "stage1_max_steps", "checkpoint_every"):
             v = getattr(self, name)
             if v is not None and v < 1:
@@ -273,6 +282,52 @@ def init_router(
     allc = allc - allc.mean(0, keepdim=True)
     am.router.init_from_centroids(allc[0], allc[1:])
     return allc
+
+
+def fit_router(
+    am: AlterModel, forget_cache, retain_cache, forget_enc, retain_enc, labels, steps: int
+) -> dict[str, float]:
+    """Fit the router to Stage II's router loss on every cached training token at once.
+
+    The same features and labels as ``L_router`` (forget rows' supervised tokens -> ``d + 1``,
+    every retain token -> 0), full batch, Adam (lr 1e-2) from the centroid init. Stage II trains
+    the router on one batch per step, 4 + 4 rows, which leaves it far from converged on small
+    budgets (docs/ALTER.md, "Router fit"). Deterministic; every process of a data-parallel run
+    holds the same cache, so they fit the same router. Returns the loss and slot accuracy.
+    """
+    feats, slots = [], []
+    for c, e, lab in zip(forget_cache, forget_enc, labels, strict=True):
+        sup = torch.zeros(len(e.input_ids), dtype=torch.bool)
+        sup[:-1] = torch.tensor(e.labels[1:]) != IGNORE_INDEX
+        feats.append(router_features(c.hidden, c.entropy)[sup])
+        slots.append(torch.full((int(sup.sum()),), lab + 1))
+    for c in retain_cache:
+        feats.append(router_features(c.hidden, c.entropy))
+        slots.append(torch.zeros(len(c.entropy), dtype=torch.long))
+    x = torch.cat(feats).to(am.device)
+    y = torch.cat(slots).to(am.device)
+    weight = am.router.alter_router.weight
+    fitted = weight.detach().clone().float().requires_grad_(True)
+    opt = torch.optim.Adam([fitted], lr=1e-2)
+    loss = torch.zeros(())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = F.cross_entropy(x @ fitted.T, y)
+        loss.backward()
+        opt.step()
+    with torch.no_grad():
+        weight.copy_(fitted.to(weight.dtype))
+        logits = x @ fitted.T
+        final = float(F.cross_entropy(logits, y))
+        pred = logits.argmax(-1)
+        forget_tokens = y > 0
+    return {
+        "steps": steps,
+        "loss": final,
+        "accuracy_forget_tokens": float((pred[forget_tokens] == y[forget_tokens]).float().mean()),
+        "accuracy_retain_tokens": float((pred[~forget_tokens] == 0).float().mean()),
+        "tokens": int(len(y)),
+    }
 
 
 @torch.no_grad()
@@ -715,6 +770,7 @@ def unlearn_alter(
         init_forget_experts(am, f_enc, f_cache, labels, pad, threshold, cfg.init_eta)
         # Slot centroids (0 = retain, d + 1 = subdomain d) in LayerNorm(h) space; saved with the run.
         am.centroids = init_router(am, f_cache, r_cache, f_enc, r_enc, labels, threshold)
+        router_fit = fit_router(am, f_cache, r_cache, f_enc, r_enc, labels, tcfg.router_fit_steps)
         start = 0
         if stage2_tensors is not None:  # resumed mid Stage II: the checkpoint overrides the inits
             _load_adapter_tensors(am, stage2_tensors)
@@ -748,6 +804,7 @@ def unlearn_alter(
         "threshold": threshold,
         "high_fraction_answer_tokens": float((answer_entropy > threshold).float().mean()),
         "entropy_probe": probe,
+        "router_fit": router_fit,
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
         "processes": rt.world,
