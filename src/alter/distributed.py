@@ -46,7 +46,11 @@ are refused with the reason (:func:`check_fsdp`).
 
 accelerate's own FSDP path (``Accelerator.prepare``) is not used: it averages gradients, needs
 the optimiser prepared with the model, and on a machine without GPUs accelerate 1.15 silently
-turns an FSDP config into DDP, so it could not be tested here. DeepSpeed is refused (see ``docs/SCALING.md``).
+turns an FSDP config into DDP, so it could not be tested here.
+
+**DeepSpeed ZeRO-2/3** (``configs/accelerate/deepspeed_zero{2,3}.yaml``): the full-parameter
+trainings (:data:`DEEPSPEED_METHODS`) in a DeepSpeed engine built by :mod:`alter.ds`, gradients
+summed, checkpoints in the single-process form; the other methods are refused with the reason.
 
 A plain ``alter ...`` is one process: :class:`Runtime` defaults to rank 0 of 1 on the CPU,
 :func:`sharing` is false and every caller keeps its own single-process expression, so
@@ -56,6 +60,7 @@ single-process results do not change by a bit.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
@@ -190,9 +195,78 @@ class FSDPOptions:
         )
 
 
+# What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's
+# parameters; alter.ds). The adapter methods and the rest are refused with the reason.
+DEEPSPEED_METHODS = FULL_FSDP_METHODS
+_NOT_DEEPSPEED = {
+    "alter": "ZeRO flattens the trainable parameters into partitions and gives every one of them "
+    "a gradient on every step, so the forget experts a step does not use (grad=None, skipped by "
+    "AdamW in alter) would move with stale AdamW momentum; and the frozen base, what needs "
+    "sharding, is not the engine's to shard",
+    "lora": "the frozen base stays outside the engine's optimizer and peft's adapters are saved "
+    "from whole weights (not wired)",
+    "asymlora": "the frozen base stays outside the engine's optimizer and the adapters are saved "
+    "from whole weights (not wired)",
+    **_NOT_FSDP,
+}
+
+
+@dataclass(frozen=True)
+class DeepSpeedOptions:
+    """What alter reads of an accelerate DeepSpeed config (``deepspeed_config:`` in the YAML,
+    passed on as ``ACCELERATE_DEEPSPEED_*`` / ``ACCELERATE_GRADIENT_*`` variables). alter builds
+    the DeepSpeed config itself (:func:`alter.ds.engine_config`)."""
+
+    stage: int = 2
+    grad_accum: int | None = None  # the config's gradient_accumulation_steps
+    clipping: float | None = None  # the config's gradient_clipping
+
+    @classmethod
+    def from_env(cls) -> DeepSpeedOptions:
+        env = os.environ.get
+        problems = []
+        stage = env("ACCELERATE_DEEPSPEED_ZERO_STAGE", "2")
+        if stage not in ("2", "3"):
+            problems.append(f"zero_stage must be 2 or 3, got {stage}")
+        if env("ACCELERATE_DEEPSPEED_CONFIG_FILE"):
+            problems.append(
+                "deepspeed_config_file is not read (alter builds the DeepSpeed config from "
+                "zero_stage and its own options): use zero_stage in the accelerate config"
+            )
+        for key in ("OFFLOAD_OPTIMIZER_DEVICE", "OFFLOAD_PARAM_DEVICE"):
+            if env(f"ACCELERATE_DEEPSPEED_{key}", "none").lower() != "none":
+                problems.append(f"{key.lower()} must be none (offloading is not wired)")
+        if env("ACCELERATE_DEEPSPEED_ZERO3_INIT", "false").lower() == "true":
+            problems.append(
+                "zero3_init_flag must be false (every process loads the whole model, then the "
+                "engine partitions it)"
+            )
+        if importlib.util.find_spec("deepspeed") is None:
+            problems.append(
+                "deepspeed is not installed: pip install --no-deps --no-build-isolation "
+                "deepspeed hjson py-cpuinfo msgpack ninja einops (docs/SCALING.md)"
+            )
+        if problems:
+            raise ConfigError("DeepSpeed config: " + "; ".join(problems))
+        accum = env("ACCELERATE_GRADIENT_ACCUMULATION_STEPS")
+        clip = env("ACCELERATE_GRADIENT_CLIPPING")
+        return cls(
+            stage=int(stage),
+            grad_accum=int(accum) if accum else None,
+            clipping=float(clip) if clip and clip != "none" else None,
+        )
+
+
 def check_fsdp(rt: Runtime, what: str) -> None:
-    """Refuse, before anything runs, a training FSDP does not cover (``what``: a method name,
-    ``finetune`` or ``finetune --mode lora``)."""
+    """Refuse, before anything runs, a training FSDP (or DeepSpeed) does not cover (``what``: a
+    method name, ``finetune`` or ``finetune --mode lora``)."""
+    if rt.deepspeed is not None and what not in DEEPSPEED_METHODS:
+        reason = _NOT_DEEPSPEED.get(what, "not wired")
+        raise ConfigError(
+            f"DeepSpeed ZeRO runs {', '.join(DEEPSPEED_METHODS)} (full parameters); not {what}: "
+            f"{reason}. Run it with configs/accelerate/fsdp.yaml "
+            f"({', '.join(FSDP_METHODS)}) or configs/accelerate/ddp.yaml (every method)"
+        )
     if rt.fsdp is None or what in FSDP_METHODS:
         return
     reason = _NOT_FSDP.get(what, "not wired")
@@ -266,6 +340,7 @@ class Runtime:
     mixed_precision: str = "no"
     accelerator: Any = None
     fsdp: FSDPOptions | None = None  # set: parameters sharded with FSDP2 (see the module doc)
+    deepspeed: DeepSpeedOptions | None = None  # set: a DeepSpeed ZeRO engine trains (alter.ds)
 
     @property
     def is_main(self) -> bool:
@@ -274,6 +349,21 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world > 1
+
+    @property
+    def sharding(self) -> dict:
+        """What a run summary records of the sharding (nothing for replicas)."""
+        if self.fsdp is not None:
+            return {"sharding": "fsdp"}
+        if self.deepspeed is not None:
+            return {"sharding": f"deepspeed_zero{self.deepspeed.stage}"}
+        return {}
+
+    @property
+    def shards_parameters(self) -> bool:
+        """Parameters are partitioned (FSDP, ZeRO-3): every forward is a collective, so every
+        process must run the same forwards (no sharded evaluation)."""
+        return self.fsdp is not None or (self.deepspeed is not None and self.deepspeed.stage == 3)
 
     # -- splitting a step -------------------------------------------------------------------
     def parts(self, forget: Sequence[int], retain: Sequence[int], grad_accum: int) -> list[Part]:
@@ -476,7 +566,14 @@ class Runtime:
         """Inside, ``model.state_dict()`` returns full CPU tensors on rank 0, so the usual
         ``save_pretrained`` writes the files a single process writes. Under FSDP the gather
         (``get_model_state_dict(full_state_dict=True, cpu_offload=True)``) is a collective:
-        every process enters. A no-op without FSDP."""
+        every process enters. Under ZeRO-3 the parameters are gathered whole on every process
+        inside (``deepspeed.zero.GatheredParameters``, also a collective). A no-op otherwise."""
+        if self.deepspeed is not None:
+            from alter.ds import gathered
+
+            with gathered(model, self.deepspeed.stage):
+                yield
+            return
         if self.fsdp is None:
             yield
             return
@@ -610,13 +707,6 @@ def _has_accelerator() -> bool:
 
 
 _RUNTIME: Runtime | None = None
-DEEPSPEED_REFUSAL = (
-    "DeepSpeed is not supported: alter's training loops are not wired to a DeepSpeed engine "
-    "(see docs/SCALING.md). For sharded parameters, gradients and optimiser state (ZeRO-3's "
-    "role) use FSDP: configs/accelerate/fsdp.yaml, for finetune, ga, gd, npo, npo_kl, simnpo, "
-    "alter, lora, asymlora; for every method, one replica per process: "
-    "configs/accelerate/ddp.yaml"
-)
 
 
 def launch_runtime(mixed_precision: str | None = None) -> Runtime:
@@ -644,26 +734,28 @@ def launch_runtime(mixed_precision: str | None = None) -> Runtime:
             )
         return _RUNTIME
     from accelerate import Accelerator
-    from accelerate.utils import DistributedType
 
+    deepspeed = None
     if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
-        raise ConfigError(DEEPSPEED_REFUSAL)
+        deepspeed = DeepSpeedOptions.from_env()
     fsdp = None
     if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
         fsdp = FSDPOptions.from_env()
     use_cpu = os.environ.get("ACCELERATE_USE_CPU", "").lower() == "true" or not _has_accelerator()
     # accelerate gives the process state (rank, device, process group); alter shards the model
-    # itself with FSDP2 (Runtime.shard) rather than through Accelerator.prepare.
+    # itself with FSDP2 (Runtime.shard) or hands it to a DeepSpeed engine (alter.ds) rather
+    # than going through Accelerator.prepare.
     acc = Accelerator(cpu=use_cpu, mixed_precision=check)
-    if acc.distributed_type == DistributedType.DEEPSPEED:
-        raise ConfigError(DEEPSPEED_REFUSAL)
     _RUNTIME = Runtime(
         rank=acc.process_index,
         world=acc.num_processes,
         device=acc.device,
         mixed_precision=check,
-        accelerator=acc,
+        # Under DeepSpeed accelerate's autocast is not the plain one (it expects its own engine):
+        # alter's bf16 is torch.autocast there (Runtime.autocast without an accelerator).
+        accelerator=acc if deepspeed is None else None,
         fsdp=fsdp,
+        deepspeed=deepspeed,
     )
     return _RUNTIME
 

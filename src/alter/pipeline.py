@@ -57,7 +57,7 @@ def finetune_and_save(
         "rows": len(rows),
         "config": asdict(cfg),
         "processes": rt.world,
-        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
+        **rt.sharding,
     }
     if evaluate:
         with sharded_eval(rt):
@@ -80,9 +80,9 @@ def finetune_and_save(
         )
         result["train_seconds"] = time.perf_counter() - t0
         if evaluate:
-            # An FSDP model runs the same forwards on every process (each gathers the weights
-            # block by block), so there every process evaluates every row.
-            with sharded_eval(rt) if rt.fsdp is None else contextlib.nullcontext():
+            # An FSDP (or ZeRO-3) model runs the same forwards on every process (each gathers
+            # the weights block by block), so there every process evaluates every row.
+            with sharded_eval(rt) if not rt.shards_parameters else contextlib.nullcontext():
                 result["eval_after"] = summarise(
                     qa_metrics(model, tok, rows, generate=False, progress=progress)
                 )

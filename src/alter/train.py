@@ -7,7 +7,8 @@ the result is a plain Hugging Face model directory.
 
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps and the same loss
-as one process, one replica (or, under FSDP, one shard) per process, rank 0 writing.
+as one process, one replica (or, under FSDP or DeepSpeed ZeRO, one shard) per process, rank 0
+writing.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, encode_rows, to_device
 from alter.distributed import Runtime, ScaleOptions, check_fsdp, clip_grad_norm, launch_runtime
+from alter.ds import start as deepspeed_engine
 from alter.losses import mean_token_nll
 from alter.models import enable_gradient_checkpointing
 
@@ -143,6 +145,8 @@ def finetune(
         start = state["step"]
         if log_path:
             truncate_log(log_path, lambda rec: rec.get("step", 0) <= start)
+    # DeepSpeed: the engine takes the (resumed) model and AdamW; it reduces, clips and steps.
+    zero = deepspeed_engine(rt, model, named, opt, cfg.grad_accum, cfg.max_grad_norm)
 
     model.train()
     log = log_path.open("a") if log_path else None
@@ -153,7 +157,8 @@ def finetune(
     k = cfg.grad_accum
     try:
         for step in range(start, total):
-            opt.zero_grad(set_to_none=True)
+            if zero is None:
+                opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             # The rows go in the "forget" slot of a split: there is only one kind here.
             for part in rt.parts(plan[step], [], k):
@@ -163,14 +168,20 @@ def finetune(
                         input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
                     ).logits
                     loss = mean_token_nll(logits, batch["labels"])
-                (loss / k if k > 1 else loss).backward()
+                if zero is not None:
+                    zero.backward(loss)
+                else:
+                    (loss / k if k > 1 else loss).backward()
                 loss_sum += loss.item() / k if k > 1 else loss.item()
             (loss_value,) = rt.sum([loss_sum])
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss became {loss_value} at step {step + 1}; lower --lr")
-            rt.all_reduce_grads(params)
-            grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
-            opt.step()
+            if zero is None:
+                rt.all_reduce_grads(params)
+                grad_norm = clip_grad_norm(params, cfg.max_grad_norm)
+                opt.step()
+            else:  # DeepSpeed reduces, clips and steps (AdamW on its partitions)
+                grad_norm = zero.step()
             sched.step()
             done = step + 1
             bar.update(1)
@@ -192,8 +203,8 @@ def finetune(
                 and done % cfg.checkpoint_every == 0
                 and done < total
             ):
-                # Every process: under FSDP this gathers the shards. Rank 0 writes.
-                tensors, opts = rt.checkpoint_state(named, {"main": opt})
+                # Every process: under FSDP / DeepSpeed this gathers the shards. Rank 0 writes.
+                tensors, opts = (zero or rt).checkpoint_state(named, {"main": opt})
                 if rt.is_main:
                     save_checkpoint(
                         resume_dir, done, tensors, opts, {"scheduler": sched.state_dict()}

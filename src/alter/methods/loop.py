@@ -16,7 +16,8 @@ everything else, so the shared options mean the same thing for every method:
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps, the same loss
 (a mean over the step's global batch), one replica per process, or one shard per process under
-FSDP (the model is sharded after ``setup``; for the adapter methods the frozen base before it).
+FSDP (the model is sharded after ``setup``; for the adapter methods the frozen base before it),
+or a DeepSpeed ZeRO engine for the full-parameter methods (:mod:`alter.ds`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from alter.distributed import (
     clip_grad_norm,
     launch_runtime,
 )
+from alter.ds import start as deepspeed_engine
 from alter.errors import AlterError, ConfigError
 from alter.models import enable_gradient_checkpointing
 
@@ -254,6 +256,8 @@ def run_method(
         start, tokens = state["step"], state["tokens"]
         if log_path:
             truncate_log(log_path, lambda rec: rec.get("step", 0) <= start)
+    # DeepSpeed: the engine takes the (resumed) model and AdamW; it reduces, clips and steps.
+    zero = deepspeed_engine(rt, method.result(), named, opt, cfg.grad_accum, cfg.max_grad_norm)
     setup_s = time.perf_counter() - t0
 
     log = log_path.open("a") if log_path else None
@@ -263,7 +267,8 @@ def run_method(
     k = cfg.grad_accum
     try:
         for step in range(start, total):
-            opt.zero_grad(set_to_none=True)
+            if zero is None:
+                opt.zero_grad(set_to_none=True)
             f_idx, r_idx = plan[step]
             # Tokens of the whole step (padding excluded), the same on every process.
             tokens += sum(len(f_enc[i].input_ids) for i in f_idx)
@@ -278,7 +283,10 @@ def run_method(
                 )
                 with rt.step(), rt.autocast():
                     loss, micro = method.loss(fb, rb)
-                (loss / k if k > 1 else loss).backward()
+                if zero is not None:
+                    zero.backward(loss)
+                else:
+                    (loss / k if k > 1 else loss).backward()
                 losses.append(loss.detach())
                 for key, v in micro.items():
                     stats[key] = stats.get(key, 0.0) + v / k if k > 1 else v
@@ -291,14 +299,18 @@ def run_method(
                     f"{method.name}: loss became {loss_value} at step {step + 1}; lower the lr"
                     + _kept(resume_dir)
                 )
-            rt.all_reduce_grads(params)
-            norm = clip_grad_norm(params, cfg.max_grad_norm)
+            if zero is None:
+                rt.all_reduce_grads(params)
+                norm = clip_grad_norm(params, cfg.max_grad_norm)
+            else:  # DeepSpeed clips and steps in one call (and skips a non-finite step)
+                norm = zero.step()
             if not torch.isfinite(norm):
                 raise TrainingError(
                     f"{method.name}: gradient norm became {float(norm)} at step {step + 1}; "
                     "lower the lr" + _kept(resume_dir)
                 )
-            opt.step()
+            if zero is None:
+                opt.step()
             bar.update(1)
             bar.set_postfix(loss=f"{loss_value:.3f}")
             if log:
@@ -312,8 +324,8 @@ def run_method(
                 and done % cfg.checkpoint_every == 0
                 and done < total
             ):
-                # Every process: under FSDP this gathers the shards. Rank 0 writes.
-                tensors, opts = rt.checkpoint_state(named, {"main": opt})
+                # Every process: under FSDP / DeepSpeed this gathers the shards. Rank 0 writes.
+                tensors, opts = (zero or rt).checkpoint_state(named, {"main": opt})
                 if rt.is_main:
                     save_checkpoint(resume_dir, done, tensors, opts, {"tokens": tokens})
     finally:
@@ -331,7 +343,7 @@ def run_method(
         "lr": lr,
         "trainable_parameters": n_train,
         "processes": rt.world,
-        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
+        **rt.sharding,
         "setup_seconds": setup_s,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - t0,
