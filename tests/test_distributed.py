@@ -144,6 +144,7 @@ def _assert_same_run(a: Path, b: Path, weights: str) -> None:
     wa, wb = load_file(str(a / weights)), load_file(str(b / weights))
     assert wa.keys() == wb.keys()
     diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
+    print(f"max |w_1proc - w_2proc| = {diff:.2e} ({weights})")  # shown with pytest -s
     assert diff <= ATOL, f"max |w_1proc - w_2proc| = {diff:.2e} > {ATOL}"
     la = [json.loads(line) for line in (a / "metrics.jsonl").open()]
     lb = [json.loads(line) for line in (b / "metrics.jsonl").open()]
@@ -454,7 +455,8 @@ def test_deepspeed_options_must_agree_with_alters():
     [
         ("alter", "forget experts a step does not use"),
         ("lora", "frozen base stays outside the engine"),
-        ("rmu", "stops the forward inside a block"),
+        ("rmu", "truncated forward"),
+        ("elm", "adapters switched off and on"),
     ],
 )
 def test_deepspeed_refuses_what_it_does_not_cover(tmp_path, synth, monkeypatch, method, message):
@@ -484,11 +486,28 @@ def _assert_fsdp_run(one: Path, two: Path, weights: str, summary: str) -> None:
     assert (one / "config.json").read_text() == (two / "config.json").read_text()
 
 
-@pytest.mark.parametrize("method", ["gd", "npo_kl"])
-def test_fsdp_matches_one_process(tmp_path, synth, method):
-    _single(synth, tmp_path / "one", method, GD_OPTS)
-    _launch(*_unlearn_args(synth, tmp_path / "two", method, GD_OPTS), config=FSDP)
+@pytest.mark.parametrize(
+    "method, opts",
+    [
+        ("gd", GD_OPTS),
+        ("npo_kl", GD_OPTS),
+        # RMU steers block 2 of 4 and trains the down projections of blocks 0-2: its forwards
+        # run blocks 0-2 only, the other weights are sharded frozen in the same FSDP groups.
+        ("rmu", {**GD_OPTS, "layer": 2}),
+    ],
+    ids=["gd", "npo_kl", "rmu"],
+)
+def test_fsdp_matches_one_process(tmp_path, synth, method, opts):
+    _single(synth, tmp_path / "one", method, opts)
+    _launch(*_unlearn_args(synth, tmp_path / "two", method, opts), config=FSDP)
     _assert_fsdp_run(tmp_path / "one", tmp_path / "two", "model.safetensors", "summary.json")
+    one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    if method in ("npo_kl", "rmu"):
+        # The frozen reference is sharded too: rank 0 holds its half (rows of odd-sized
+        # tensors split one more to rank 0), not a full replica.
+        held, whole = two["reference_bytes_per_process"], one["reference_bytes_per_process"]
+        print(f"reference bytes held by rank 0: {held} of {whole}")
+        assert whole / 2 <= held <= 0.51 * whole, (held, whole)
 
 
 def test_fsdp_finetune_matches_one_process(tmp_path, synth):
@@ -598,6 +617,48 @@ def test_fsdp_lora_matches_one_process(tmp_path, synth):
     _assert_same_adapter_files(tmp_path / "one", tmp_path / "two")
 
 
+def test_fsdp_elm_matches_one_process(tmp_path, synth):
+    """ELM's peft LoRA on the sharded base: setup's greedy generation from p* and the four
+    adapter-off forwards of every step run on every process alike."""
+    opts = {**GD_OPTS, "consistency_tokens": 4}
+    _single(synth, tmp_path / "one", "elm", opts)
+    _launch(*_unlearn_args(synth, tmp_path / "two", "elm", opts), config=FSDP)
+    _assert_same_run(tmp_path / "one", tmp_path / "two", "adapter_model.safetensors")
+    _assert_same_adapter_files(tmp_path / "one", tmp_path / "two")
+    for key in ("erase_ce", "retain_kl", "consistency_nll"):
+        la, lb = (
+            [json.loads(line)[key] for line in (d / "metrics.jsonl").open()]
+            for d in (tmp_path / "one", tmp_path / "two")
+        )
+        assert lb == pytest.approx(la, rel=LOSS_RTOL, abs=1e-6), key
+
+
+def test_fsdp_finetune_lora_matches_one_process(tmp_path, synth):
+    """``finetune --mode lora``: the base sharded, the adapters whole (their gradients summed),
+    then merged into the shards; 2 micro-batches and gradient checkpointing, as for full
+    fine-tuning above."""
+    from alter.data.schema import load_rows
+    from alter.pipeline import finetune_and_save
+    from alter.train import FinetuneConfig
+
+    opts = {"mode": "lora", "max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
+    rows = load_rows(str(synth / "train.jsonl"))
+    one = finetune_and_save("tiny-llama", rows, FinetuneConfig(**opts), tmp_path / "one")
+    args = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
+    data = str(synth / "train.jsonl")
+    _launch(
+        "finetune", "--model", "tiny-llama", "--data", data, "--out", str(tmp_path / "two"),
+        *args, "--gradient-checkpointing", config=FSDP,
+    )  # fmt: skip
+    _assert_fsdp_run(
+        tmp_path / "one", tmp_path / "two", "model.safetensors", "finetune_summary.json"
+    )
+    two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
+    for when in ("eval_before", "eval_after"):
+        assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
+    assert one["eval_after"]["nll"] != one["eval_before"]["nll"]  # the merge changed the model
+
+
 INTERRUPT_ALTER = """
 import sys
 
@@ -634,20 +695,13 @@ def test_fsdp_alter_resumes_its_own_checkpoint(tmp_path, synth):
     assert summary["resumed_from"] == {"stage": 2, "step": 4}
 
 
-@pytest.mark.parametrize(
-    "method, message",
-    [
-        ("rmu", "stops the forward inside a block"),
-        ("elm", "adapters switched off and on"),
-    ],
-)
-def test_fsdp_refuses_what_it_does_not_cover(tmp_path, synth, monkeypatch, method, message):
-    import alter.pipeline
+def test_fsdp_covers_every_training():
+    from alter.distributed import check_fsdp
+    from alter.methods import METHODS
 
-    monkeypatch.setattr(alter.pipeline, "launch_runtime", lambda _mp: Runtime(fsdp=FSDPOptions()))
-    with pytest.raises(ConfigError, match=f"FSDP runs finetune, ga, gd.*{message}.*ddp.yaml"):
-        _single(synth, tmp_path / "x", method, {"max_steps": 1})
-    assert not (tmp_path / "x").exists() and not partial_dir(tmp_path / "x").exists()
+    rt = Runtime(fsdp=FSDPOptions())
+    for what in (*METHODS, "alter", "finetune", "finetune --mode lora"):
+        check_fsdp(rt, what)  # no ConfigError
 
 
 def test_fsdp_config_problems_are_named(monkeypatch):

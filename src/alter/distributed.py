@@ -27,9 +27,14 @@ reduce-scatter **sums** the shares' gradients exactly as :meth:`Runtime.all_redu
 outputs are gathered to full tensors first (:meth:`Runtime.checkpoint_state`,
 :meth:`Runtime.full_state_dict`), so they are the files a single process writes and a run resumes
 across strategies and process counts. That covers the full-parameter trainings
-(:data:`FULL_FSDP_METHODS`).
+(:data:`FULL_FSDP_METHODS`; RMU trains a few of the model's weights, the rest sharded frozen in
+the same groups, and its forwards run a truncated block list rather than stopping by an
+exception, so every group entered is left). The frozen references of NPO_KL and RMU are sharded
+as well (:meth:`Runtime.frozen_copy`: built on the meta device, sharded, then filled, so no
+process ever holds a second full copy).
 
-For the adapter methods (:data:`ADAPTER_FSDP_METHODS`: ALTER, LoRA, AsymLoRA) what must be
+For the adapter methods (:data:`ADAPTER_FSDP_METHODS`: ALTER, LoRA, AsymLoRA, ELM and
+``finetune --mode lora``) what must be
 sharded is the frozen base (a 70B base does not fit one GPU; the adapters are small):
 :meth:`Runtime.shard_frozen` freezes and shards the plain model *before* the adapters are
 injected (ALTER's number of experts is only known after its base pre-pass, which runs on the
@@ -41,8 +46,10 @@ number of forwards**: training steps already do (an empty slice runs a weight-0 
 passes (ALTER's expert initialisation, NPO references) run every row on every process, and
 ALTER's round-robin pre-pass is padded (:meth:`Runtime.forwards`: at most one repeated batch per
 process, its result discarded). Measured against one process (2 gloo CPU processes,
-``tests/test_distributed.py``): ALTER's adapter within 1.7e-7, LoRA's 3.1e-8. The other methods
-are refused with the reason (:func:`check_fsdp`).
+``tests/test_distributed.py``): ALTER's adapter within 1.7e-7, LoRA's 3.1e-8, ELM's 1.4e-8.
+ELM switches its adapters off for the frozen model's forwards, which changes no FSDP group;
+``finetune --mode lora`` merges each process's rows of the adapters' update into its shards
+(:func:`add_full_`).
 
 accelerate's own FSDP path (``Accelerator.prepare``) is not used: it averages gradients, needs
 the optimiser prepared with the model, and on a machine without GPUs accelerate 1.15 silently
@@ -134,17 +141,14 @@ def check_scale_options(cfg) -> None:
 
 
 # What FSDP trains: the full-parameter trainings, whose trainable parameters are the model's own
-# (all sharded), and the adapter methods, whose frozen base is sharded before the adapters go in
-# (the adapters stay whole on every process, their gradients summed by an explicit all-reduce).
-FULL_FSDP_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
-ADAPTER_FSDP_METHODS = ("alter", "lora", "asymlora")
+# (all sharded; RMU trains a few of them, the rest sharded frozen), and the adapter methods, whose
+# frozen base is sharded before the adapters go in (the adapters stay whole on every process,
+# their gradients summed by an explicit all-reduce). NPO_KL's and RMU's frozen references are
+# sharded too (:meth:`Runtime.frozen_copy`).
+FULL_FSDP_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo", "rmu")
+ADAPTER_FSDP_METHODS = ("alter", "lora", "asymlora", "elm", "finetune --mode lora")
 FSDP_METHODS = FULL_FSDP_METHODS + ADAPTER_FSDP_METHODS
-_NOT_FSDP = {
-    "rmu": "RMU stops the forward inside a block (a hook raises), which leaves FSDP's "
-    "all-gathers unbalanced",
-    "elm": "ELM runs its own peft model with adapters switched off and on (not wired)",
-    "finetune --mode lora": "peft wraps the model and merges the adapters back after training",
-}
+_NOT_FSDP: dict[str, str] = {}
 
 
 @dataclass(frozen=True)
@@ -197,7 +201,7 @@ class FSDPOptions:
 
 # What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's
 # parameters; alter.ds). The adapter methods and the rest are refused with the reason.
-DEEPSPEED_METHODS = FULL_FSDP_METHODS
+DEEPSPEED_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
 _NOT_DEEPSPEED = {
     "alter": "ZeRO flattens the trainable parameters into partitions and gives every one of them "
     "a gradient on every step, so the forget experts a step does not use (grad=None, skipped by "
@@ -207,7 +211,12 @@ _NOT_DEEPSPEED = {
     "from whole weights (not wired)",
     "asymlora": "the frozen base stays outside the engine's optimizer and the adapters are saved "
     "from whole weights (not wired)",
-    **_NOT_FSDP,
+    "rmu": "RMU trains a few of the model's weights and runs a truncated forward (the blocks up "
+    "to the steered one) next to a frozen reference kept outside the engine (not wired)",
+    "elm": "ELM runs its own peft model with adapters switched off and on, its frozen base "
+    "outside the engine's optimizer (not wired)",
+    "finetune --mode lora": "peft wraps the model and merges the adapters back after training "
+    "(not wired)",
 }
 
 
@@ -474,10 +483,11 @@ class Runtime:
                 offset += g.numel()
 
     # -- FSDP (no-ops without it) ------------------------------------------------------------
-    def shard(self, model: torch.nn.Module) -> None:
+    def shard(self, model: torch.nn.Module, reshard_after_forward: bool | None = None) -> None:
         """Shard ``model`` in place with FSDP2: each block (see :class:`FSDPOptions`), then the
         rest. Every parameter becomes a DTensor shard (build the optimiser afterwards); module
-        objects stay the same, so a method's references to them keep working."""
+        objects stay the same, so a method's references to them keep working.
+        ``reshard_after_forward`` None: the config's ``fsdp_reshard_after_forward``."""
         if self.fsdp is None:
             return
         from torch.distributed.fsdp import FSDPModule, fully_shard
@@ -491,8 +501,10 @@ class Runtime:
                 f"FSDP: no module of class {', '.join(names)} in {type(model).__name__} "
                 "(fsdp_transformer_layer_cls_to_wrap)"
             )
+        if reshard_after_forward is None:
+            reshard_after_forward = self.fsdp.reshard_after_forward
         for module in (*blocks, model):
-            fully_shard(module, reshard_after_forward=self.fsdp.reshard_after_forward)
+            fully_shard(module, reshard_after_forward=reshard_after_forward)
         for module in model.modules():
             if isinstance(module, FSDPModule):
                 # Sum the shares' gradients (FSDP averages by default), with a plain SUM
@@ -510,6 +522,41 @@ class Runtime:
         for p in model.parameters():
             p.requires_grad_(False)
         self.shard(model)
+
+    def frozen_copy(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen copy of ``model`` in eval mode (NPO_KL's and RMU's reference). Under FSDP it
+        is sharded and never whole: built on the meta device, sharded (the groups of
+        :meth:`shard`, resharded after every forward since it never runs a backward), then each
+        process fills its shards from ``model``'s weights (gathered first when ``model`` is
+        itself sharded: a collective). So a process holds 1/N of the reference, and no second
+        full copy at any time. Every forward of it is a collective: every process must run the
+        same ones. Without FSDP, ``copy.deepcopy``."""
+        import copy
+
+        if self.fsdp is None:
+            ref = copy.deepcopy(model)
+        else:
+            # The copy's parameters on the meta device (no memory); ties stay ties (one memo
+            # entry per parameter object), buffers (rotary frequencies) are copied.
+            memo = {
+                id(p): torch.nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=False)
+                for p in model.parameters()
+            }
+            ref = copy.deepcopy(model, memo)
+            self.shard(ref, reshard_after_forward=True)
+            ref.to_empty(device=self.device)
+            with torch.no_grad():
+                # to_empty left every tensor uninitialised: copy the weights and the buffers.
+                params = dict(model.named_parameters())
+                for name, p in ref.named_parameters():
+                    p.copy_(_local(_full(params[name].detach()), p))
+                buffers = dict(model.named_buffers())
+                for name, b in ref.named_buffers():
+                    b.copy_(buffers[name])
+        ref.eval()
+        for p in ref.parameters():
+            p.requires_grad_(False)
+        return ref
 
     def forwards(self, items: Sequence) -> list[tuple[Any, bool]]:
         """Round-robin share of ``items`` (``items[rank::world]``) as ``(item, keep)`` pairs.
@@ -627,6 +674,36 @@ def unsharded_class(cls: type) -> type:
     if issubclass(cls, FSDPModule):
         return next(b for b in cls.__bases__ if b is not FSDPModule)
     return cls
+
+
+def add_full_(param: torch.Tensor, full: torch.Tensor) -> None:
+    """``param += full`` in place, ``full`` a whole tensor: when ``param`` is an FSDP shard, its
+    rows of ``full`` (every process has ``full``, so nothing is sent)."""
+    with torch.no_grad():
+        param.add_(_local(full.detach(), param))
+
+
+def local_bytes(module: torch.nn.Module) -> int:
+    """Bytes of ``module``'s parameters this process holds (its shards under FSDP; each tied
+    parameter once)."""
+    from torch.distributed.tensor import DTensor
+
+    total = 0
+    for p in module.parameters():
+        t = p.to_local() if isinstance(p, DTensor) else p
+        total += t.numel() * t.element_size()
+    return total
+
+
+def lazy_init(model: torch.nn.Module) -> None:
+    """Let FSDP find every group of ``model`` now, as its first forward would. FSDP2 collects the
+    groups under the root at the root's first forward; a forward through a truncated block list
+    (RMU) must not be the first, or the blocks left out would be missing from the root's
+    bookkeeping. A no-op on a model FSDP did not shard (or already initialised)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    if isinstance(model, FSDPModule):
+        model._get_fsdp_state()._lazy_init()  # FSDP2 has no public call for it (torch 2.13)
 
 
 def full_tensor(t: torch.Tensor) -> torch.Tensor:

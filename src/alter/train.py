@@ -8,7 +8,9 @@ the result is a plain Hugging Face model directory.
 Under ``accelerate launch`` each process takes a contiguous slice of every step's rows and the
 gradients are summed over processes (:mod:`alter.distributed`): the same steps and the same loss
 as one process, one replica (or, under FSDP or DeepSpeed ZeRO, one shard) per process, rank 0
-writing.
+writing. ``mode="lora"`` under FSDP shards the frozen base and keeps the adapters whole on every
+process (as the LoRA unlearning baseline does); the merge adds each process's rows of the
+adapters' update to its shards.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ import torch
 from tqdm.auto import tqdm
 
 from alter.data.collate import Collator, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, check_fsdp, clip_grad_norm, launch_runtime
+from alter.distributed import (
+    Runtime,
+    ScaleOptions,
+    add_full_,
+    check_fsdp,
+    clip_grad_norm,
+    launch_runtime,
+)
 from alter.ds import start as deepspeed_engine
 from alter.losses import mean_token_nll
 from alter.models import enable_gradient_checkpointing
@@ -127,9 +136,13 @@ def finetune(
     if cfg.mode == "lora":
         from peft import LoraConfig, get_peft_model
 
+        # FSDP: the frozen base is sharded before the adapters go in; they stay whole on every
+        # process, their gradients summed by all_reduce_grads (a no-op otherwise).
+        rt.shard_frozen(model)
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
         model = get_peft_model(model, lora)
-    rt.shard(model)  # FSDP: every parameter becomes its shard (a no-op otherwise)
+    else:
+        rt.shard(model)  # FSDP: every parameter becomes its shard (a no-op otherwise)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -215,8 +228,34 @@ def finetune(
             log.close()
     model.eval()
     if cfg.mode == "lora":
-        model = model.merge_and_unload()
+        model = merge_lora(model, rt)
     return model
+
+
+def merge_lora(model, rt: Runtime):
+    """peft's ``merge_and_unload``: the base model with ``W += B A * scaling`` in every adapted
+    layer. Under FSDP the base weights are shards: each process adds its rows of the (whole)
+    delta, the update peft makes in place (``weight.data += delta``), then drops the adapters."""
+    if rt.fsdp is None:
+        return model.merge_and_unload()
+    from peft.tuners.lora import LoraLayer
+    from torch.distributed.fsdp import FSDPModule
+
+    for module in model.modules():
+        if isinstance(module, FSDPModule):
+            module.reshard()  # the sharded parameters registered (a no-op when they are)
+    for module in model.modules():
+        if not isinstance(module, LoraLayer):
+            continue
+        for name in module.active_adapters:
+            if name not in module.lora_A:
+                continue
+            if name in module.lora_variant or module.lora_bias.get(name):
+                raise NotImplementedError("merging a LoRA variant or bias into FSDP shards")
+            with torch.no_grad():
+                delta = module.get_delta_weight(name)
+            add_full_(module.get_base_layer().weight, delta)
+    return model.unload()
 
 
 def save_model(

@@ -71,8 +71,11 @@ def test_block_output_steering_target_and_retain_reference_at_the_start():
     u = method.u
     assert torch.all(u >= 0) and float(u.norm()) == pytest.approx(1.0, abs=1e-6)
     # c = steering_scale x mean norm of the frozen layer-1 output over non-pad forget tokens.
+    # The reference holds blocks 0..l only (its last hidden state would be the final norm's);
+    # before any step the model is its own reference, so read the hidden states there.
+    assert len(method.ref.model.layers) == 2
     with torch.no_grad():
-        out = method.ref(
+        out = method.model(
             input_ids=fb["input_ids"],
             attention_mask=fb["attention_mask"],
             output_hidden_states=True,

@@ -35,6 +35,10 @@ Cost: ``p*`` is recomputed on every step (three no-grad forwards of the frozen m
 for the retain reference) instead of being cached, which would take N x T x V floats (gigabytes
 for a TOFU-size forget set and a 50k vocabulary). No copy of the model is kept: the frozen model
 is the LoRA model with its adapters switched off. The run directory is a peft adapter.
+
+Under FSDP the frozen base is sharded before ``setup`` (as for LoRA) and the adapters stay whole
+on every process; switching them off changes no FSDP group, and every process runs the same
+forwards (setup's generation runs every forget row everywhere; each step runs the same seven).
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ from alter.adapters.config import DEFAULT_TARGETS
 from alter.adapters.io import METHOD_META, weights_checksum
 from alter.adapters.model import target_names
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_qa, to_device
+from alter.distributed import unsharded_class
 from alter.losses import (
     batch_mean,
     elm_target_logprobs,
@@ -319,6 +324,12 @@ class ELM:
         return self.model
 
     def save(self, out: Path, tokenizer) -> None:
+        base = type(self.model.get_base_model())
+        own = unsharded_class(base)
+        if own is not base:
+            # FSDP2 swaps in a subclass of the model's class, whose name peft would record in
+            # adapter_config.json: record the model's own class, as a single process does.
+            self.model._get_base_model_class = lambda is_prompt_tuning=False: own
         self.model.save_pretrained(out, safe_serialization=True)
         meta = {"method": self.name, "kind": "peft", "base_weights": self.base_weights}
         (out / METHOD_META).write_text(json.dumps(meta, indent=2) + "\n")

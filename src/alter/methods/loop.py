@@ -41,6 +41,7 @@ from alter.distributed import (
     check_fsdp,
     clip_grad_norm,
     launch_runtime,
+    local_bytes,
 )
 from alter.ds import start as deepspeed_engine
 from alter.errors import AlterError, ConfigError
@@ -102,10 +103,17 @@ class Context:
     retain_enc: list[Encoded]
     cfg: UnlearnConfig
     progress: bool = True
+    # The process's place in a data-parallel run (a plain single process when None): frozen
+    # references are made with ``runtime.frozen_copy`` (sharded under FSDP).
+    runtime: Runtime | None = None
 
     @property
     def pad_id(self) -> int:
         return self.tokenizer.pad_token_id
+
+    @property
+    def rt(self) -> Runtime:
+        return self.runtime or Runtime()
 
 
 class Method(Protocol):
@@ -223,7 +231,7 @@ def run_method(
         check_split("retain_batch_size", min(cfg.retain_batch_size, len(r_enc)), rt, cfg.grad_accum)
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
-    ctx = Context(model, tokenizer, forget, retain, f_enc, r_enc, cfg, progress)
+    ctx = Context(model, tokenizer, forget, retain, f_enc, r_enc, cfg, progress, rt)
     adapter_fsdp = rt.fsdp is not None and method.name in ADAPTER_FSDP_METHODS
     if adapter_fsdp:
         # The frozen base is sharded before setup injects the adapters, which stay whole on
@@ -336,6 +344,7 @@ def run_method(
     result = method.result()
     result.eval()
     n_train = sum(p.numel() for p in params)
+    ref = getattr(method, "ref", None)  # NPO_KL's and RMU's frozen reference
     return {
         "method": method.name,
         "steps": total,
@@ -344,6 +353,8 @@ def run_method(
         "trainable_parameters": n_train,
         "processes": rt.world,
         **rt.sharding,
+        # What this process (rank 0) holds of the frozen reference (1/N of it under FSDP).
+        **({"reference_bytes_per_process": local_bytes(ref)} if ref is not None else {}),
         "setup_seconds": setup_s,
         "train_seconds": train_s,
         "seconds": time.perf_counter() - t0,

@@ -5,7 +5,8 @@ with ``retain_loss_type: KL``).
 
 The KL needs the reference's full next-token distribution on every retain batch, so one frozen
 copy of the initial model is made in ``setup`` and shared by every step (forget log-probabilities
-are still precomputed once, as in NPO).
+are still precomputed once, as in NPO). Under FSDP the copy is sharded like the model
+(:meth:`alter.distributed.Runtime.frozen_copy`): 1/N of the weights per process.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from alter.losses import masked_mean, shift, token_kl
 from alter.methods.common import (
     forget_term,
     freeze_except,
-    frozen_copy,
     logits,
     save_full_model,
     sequence_logprobs,
@@ -53,7 +53,7 @@ class NPOKL:
     def setup(self, ctx) -> None:
         self.model = ctx.model
         self.ref_logp = sequence_logprobs(self.model, ctx.forget_enc, ctx.pad_id)
-        self.ref = frozen_copy(self.model)
+        self.ref = ctx.rt.frozen_copy(self.model)
         self.params = freeze_except(self.model, lambda _: True)
         self.model.train()
 

@@ -27,14 +27,17 @@ Defaults, scaled to the model:
   whose down projections have ~10x larger weights (mean |W| 0.15): use ``--lr 1e-3`` there.
 
 Memory: the retain reference needs the frozen model's activations on every retain batch, so one
-frozen copy of the model (its weights once more, no gradients or optimiser state) is made in
-``setup`` and shared by every step. Both forwards stop at block ``l``: nothing above it can change
-``h_l``, so those layers are never run (and never receive gradient). The result is a full model
-directory.
+frozen copy of the model up to block ``l`` (embeddings, blocks ``0..l``, final norm and head; no
+gradients or optimiser state) is made in ``setup`` and shared by every step; under FSDP it is
+sharded like the model (:meth:`alter.distributed.Runtime.frozen_copy`). Both forwards stop at
+block ``l``: the block list is cut after it for the call (nothing above it can change ``h_l``), so
+those layers are never run (and never receive gradient). The result is a full model directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,9 +47,10 @@ from torch import nn
 
 from alter.adapters.model import num_layers
 from alter.data.collate import Collator, to_device
+from alter.distributed import lazy_init
 from alter.errors import ConfigError
 from alter.losses import activation_mse, masked_mean
-from alter.methods.common import freeze_except, frozen_copy, save_full_model
+from alter.methods.common import freeze_except, save_full_model
 
 # Where the MLP down projection lives inside a decoder block (Llama/Qwen/Mistral/Gemma, GPT-2).
 DOWN_PROJ_NAMES = ("mlp.down_proj", "mlp.c_proj")
@@ -118,23 +122,55 @@ def default_trainable_regex(model: nn.Module, blocks: str, layer: int) -> str:
     return rf"^{re.escape(blocks)}\.({ids})\.{re.escape(down)}\."
 
 
-class _Stop(Exception):
-    """Raised by the capture hook: the layers above the steered block are not needed."""
+@contextlib.contextmanager
+def first_blocks(model: nn.Module, blocks: str, n: int):
+    """Inside, ``model``'s block list ``blocks`` holds only its first ``n`` blocks (the same
+    module objects), so a forward runs those and then the final norm and head."""
+    parent_name, _, attr = blocks.rpartition(".")
+    parent = model.get_submodule(parent_name)
+    full = getattr(parent, attr)
+    setattr(parent, attr, full[:n])
+    try:
+        yield
+    finally:
+        setattr(parent, attr, full)
+
+
+def _position(model: nn.Module, block: nn.Module) -> tuple[str, int]:
+    """The name of the block list holding ``block`` and its index there."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList):
+            for i, m in enumerate(module):
+                if m is block:
+                    return name, i
+    raise ConfigError(f"{type(block).__name__} is not in a block list of this model")
 
 
 def block_output(model: nn.Module, block: nn.Module, batch: dict[str, torch.Tensor]):
-    """Hidden state ``(B, T, H)`` that ``block`` outputs; the forward pass stops there."""
+    """Hidden state ``(B, T, H)`` that ``block`` outputs. Only the blocks up to ``block`` run:
+    the block list is cut after it for the call (nothing above can change ``h_l``), and the head
+    computes one position's logits (``logits_to_keep=1``), which are dropped. Nothing raises
+    inside the forward, so under FSDP every group the forward enters also leaves it (its
+    all-gathered weights resharded, its backward hooks set), on every process alike."""
+    name, index = _position(model, block)
     captured = {}
 
     def hook(_module, _inputs, output):
         captured["h"] = output[0] if isinstance(output, tuple) else output
-        raise _Stop
 
+    lazy_init(model)  # FSDP: find every group from the whole model first
+    kwargs = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        kwargs["logits_to_keep"] = 1
     handle = block.register_forward_hook(hook)
     try:
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False)
-    except _Stop:
-        pass
+        with first_blocks(model, name, index + 1):
+            model(
+                input_ids=batch["input_ids"],
+                attention_mask=batch["attention_mask"],
+                use_cache=False,
+                **kwargs,
+            )
     finally:
         handle.remove()
     return captured["h"]
@@ -158,7 +194,9 @@ class RMU:
             raise ConfigError(f"layer must be < {n_layers} (the model's layers), got {self.layer}")
         blocks = decoder_blocks(model)
         self.regex = self.cfg.trainable_regex or default_trainable_regex(model, blocks, self.layer)
-        self.ref = frozen_copy(model)
+        # The reference only ever runs blocks 0..l: copy those (under FSDP, sharded).
+        with first_blocks(model, blocks, self.layer + 1):
+            self.ref = ctx.rt.frozen_copy(model)
         self.block = model.get_submodule(f"{blocks}.{self.layer}")
         self.ref_block = self.ref.get_submodule(f"{blocks}.{self.layer}")
 
