@@ -10,8 +10,8 @@ TOFU author as ``subdomain``, so ALTER trains one expert per author instead of k
 ``kmeans`` alone is the spec default, as tofu_mini.py ran it. Every variant unlearns with the
 tofu-mini budget (``--epochs`` passes of 4 + 4 rows) and is evaluated with `alter eval
 --benchmark tofu` on the same rows; likelihoods only unless ``--generate`` (forget quality and
-the probabilities need no generation; model utility then uses no ROUGE and is written as
-``utility_no_rouge``, not comparable with tofu_mini's table). Resumable; writes OUT/sweep.md.
+the probabilities need no generation; model utility is then the harmonic mean of its six
+non-ROUGE terms, "utility (no ROUGE)", not comparable with tofu_mini's model utility). Resumable; writes OUT/sweep.md.
 """
 
 from __future__ import annotations
@@ -51,6 +51,23 @@ def parse_variant(text: str) -> tuple[bool, dict]:
 
 def variant_name(text: str) -> str:
     return text.replace(",", "+").replace("=", "")
+
+
+def utility_no_rouge(s: dict) -> float | None:
+    """Harmonic mean of TOFU's model-utility terms without ROUGE: retain prob and truth ratio,
+    real authors' and world facts' normalised prob and truth ratio."""
+    keys = (
+        "retain_Q_A_Prob",
+        "retain_Truth_Ratio",
+        "ra_Q_A_Prob_normalised",
+        "ra_Truth_Ratio",
+        "wf_Q_A_Prob_normalised",
+        "wf_Truth_Ratio",
+    )
+    values = [s.get(k) for k in keys]
+    if any(not isinstance(v, float) or v <= 0 for v in values):
+        return None
+    return len(values) / sum(1 / v for v in values)
 
 
 def main() -> None:
@@ -143,11 +160,11 @@ def main() -> None:
             [
                 name,
                 P.fmt(s.get("forget_quality"), ".3g"),
-                P.fmt(s.get("model_utility")),
+                P.fmt(s.get("model_utility") if args.generate else utility_no_rouge(s)),
                 P.fmt(s.get("forget_Q_A_Prob")),
                 P.fmt(s.get("forget_truth_ratio")),
                 P.fmt(s.get("retain_Q_A_Prob")),
-                P.fmt(s.get("retain_truth_ratio")),
+                P.fmt(s.get("retain_Truth_Ratio")),
                 str(len(summary.get("subdomains", [])) or summary.get("n_subdomains", "")),
                 P.fmt(timings.get(f"unlearn_{name}"), ".0f"),
             ]

@@ -6,7 +6,8 @@
 Authors: TOFU's forget01 authors (the last two of the 200: 40 QA rows) are forgotten; the
 retain rows are exactly the first ``--retain-items`` items of TOFU's ``retain_perturbed``
 evaluation set (so retain utility is measured on facts the target was taught; 160 items come
-from 9 authors). The target is SmolLM2 fine-tuned on forget + retain rows, the retain model on the
+from 9 authors). Every forget row carries its author as ``subdomain`` (ALTER: one forget expert
+per author; ``bench/tofu_alter_sweep.py`` compares with k-means clusters). The target is SmolLM2 fine-tuned on forget + retain rows, the retain model on the
 retain rows only (the reference of forget quality), both cached under OUT. Every method then
 unlearns the 40 forget rows with the same budget (``--epochs`` passes, batches of 4 + 4, the
 method's default lr) and is evaluated with the full TOFU metric set (`alter eval --benchmark
@@ -65,8 +66,14 @@ def main() -> None:
     tofu_dir = Path(args.data) / "tofu"
     full, covered, retain = P.tofu_retain(tofu_dir, args.retain_items, "tofu-mini:retain")
     n_retain_authors = len({i // ROWS_PER_AUTHOR for i in covered})
+    # Each forget row names its author as its subdomain: ALTER trains one forget expert per
+    # author (the other methods ignore the field).
     forget = RowSet(
-        [full[a * ROWS_PER_AUTHOR + j] for a in FORGET_AUTHORS for j in range(ROWS_PER_AUTHOR)],
+        [
+            {**full[a * ROWS_PER_AUTHOR + j], "subdomain": f"author{a}"}
+            for a in FORGET_AUTHORS
+            for j in range(ROWS_PER_AUTHOR)
+        ],
         source="tofu-mini:forget01",
         kind="qa",
     )
