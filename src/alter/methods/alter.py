@@ -76,10 +76,11 @@ class AlterTrainConfig(ScaleOptions):
     lr_B: float = field(default=1e-3, metadata={"help": "learning rate of B_r and B_f"})
     lr_router: float = field(default=1e-3, metadata={"help": "learning rate of the router"})
     router_fit_steps: int = field(
-        default=200,
+        default=0,
         metadata={
             "help": "full-batch steps fitting the router's cross-entropy on the cached pre-pass "
-            "features before Stage II (0: centroid init only, as the spec)"
+            "features before Stage II (0: centroid init only, as the spec; 200 measured in "
+            "docs/ALTER.md)"
         },
     )
     beta: float = field(default=1.0, metadata={"help": "weight of the forget IHL term"})
