@@ -514,11 +514,18 @@ def test_fsdp_finetune_matches_one_process(tmp_path, synth):
     """Full fine-tuning with 2 micro-batches of 3 rows (2 + 1 per process) and gradient
     checkpointing under FSDP (one process: bit-identical without it), then the evaluation of the
     sharded model (every process runs every row, in step)."""
+    _finetune_fsdp_matches_one(
+        synth, tmp_path, {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
+    )
+
+
+def _finetune_fsdp_matches_one(synth, tmp_path, opts: dict) -> dict:
+    """``finetune`` with ``opts`` and gradient checkpointing: one process, then 2 under FSDP;
+    weights and the evaluations before / after must agree. Returns the one-process summary."""
     from alter.data.schema import load_rows
     from alter.pipeline import finetune_and_save
     from alter.train import FinetuneConfig
 
-    opts = {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
     rows = load_rows(str(synth / "train.jsonl"))
     one = finetune_and_save("tiny-llama", rows, FinetuneConfig(**opts), tmp_path / "one")
     args = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
@@ -533,6 +540,7 @@ def test_fsdp_finetune_matches_one_process(tmp_path, synth):
     two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
     for when in ("eval_before", "eval_after"):
         assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
+    return one
 
 
 INTERRUPT = """
@@ -637,25 +645,11 @@ def test_fsdp_finetune_lora_matches_one_process(tmp_path, synth):
     """``finetune --mode lora``: the base sharded, the adapters whole (their gradients summed),
     then merged into the shards; 2 micro-batches and gradient checkpointing, as for full
     fine-tuning above."""
-    from alter.data.schema import load_rows
-    from alter.pipeline import finetune_and_save
-    from alter.train import FinetuneConfig
-
-    opts = {"mode": "lora", "max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
-    rows = load_rows(str(synth / "train.jsonl"))
-    one = finetune_and_save("tiny-llama", rows, FinetuneConfig(**opts), tmp_path / "one")
-    args = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    data = str(synth / "train.jsonl")
-    _launch(
-        "finetune", "--model", "tiny-llama", "--data", data, "--out", str(tmp_path / "two"),
-        *args, "--gradient-checkpointing", config=FSDP,
-    )  # fmt: skip
-    _assert_fsdp_run(
-        tmp_path / "one", tmp_path / "two", "model.safetensors", "finetune_summary.json"
+    one = _finetune_fsdp_matches_one(
+        synth,
+        tmp_path,
+        {"mode": "lora", "max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2},
     )
-    two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
-    for when in ("eval_before", "eval_after"):
-        assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
     assert one["eval_after"]["nll"] != one["eval_before"]["nll"]  # the merge changed the model
 
 
