@@ -15,7 +15,8 @@ last 10), forget10 (the last 20). Each author keeps its first ``--rows-per-autho
 rows (20 = TOFU's splits), so the stages keep TOFU's 1 : 5 : 10 proportion at CPU cost. The
 target is ``--model`` fine-tuned on the forget10 rows + the first ``--retain-items`` items of
 ``retain_perturbed`` (as bench/tofu_mini.py selects them); the retain model on those retain rows
-only, a valid reference for every stage (it never saw any forget author).
+only, a valid reference for every stage (it never saw any forget author). Every forget row
+carries its author as ``subdomain`` (ALTER: one forget expert per author).
 
 Each stage unlearns its cumulative forget set (forget05 includes forget01's authors) with the
 same budget for every method (``--epochs`` passes over the stage's forget rows, batches of
@@ -183,7 +184,12 @@ def main(argv: list[str] | None = None) -> dict:
     k = args.rows_per_author
     forget = {}
     for s, n in STAGES.items():
-        rows = stage_rows(full[(N_AUTHORS - n) * ROWS_PER_AUTHOR :], s, k)
+        # Each forget row names its author as its subdomain (as in tofu_mini.py): ALTER trains
+        # one forget expert per author; the other methods ignore the field.
+        rows = [
+            {**r, "subdomain": f"author{N_AUTHORS - n + i // k}"}
+            for i, r in enumerate(stage_rows(full[(N_AUTHORS - n) * ROWS_PER_AUTHOR :], s, k))
+        ]
         forget[s] = RowSet(rows, source=f"sequential:{s}", kind="qa")
         evaluated = stage_rows(load_tofu(f"{s}_perturbed", tofu_dir).rows, s, k)
         assert [r["question"] for r in rows] == [r["question"] for r in evaluated], s

@@ -114,6 +114,12 @@ def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
         assert _finite(summary["model_utility"])
         if model != "retain_model":
             assert _finite(r["forget_quality"]) and 0.0 <= r["forget_quality"] <= 1.0
+    # ALTER: one forget expert per author (the rows' subdomain), not k-means clusters.
+    for stage, n_authors in (("forget01", 2), ("forget05", 10)):
+        cfg = json.loads(
+            (out / "runs" / "independent" / "alter" / stage / "adapter_config.json").read_text()
+        )
+        assert cfg["subdomains"] == [f"author{a}" for a in range(200 - n_authors, 200)]
     lines = (out / "table.md").read_text().splitlines()
     assert len(lines) == 2 + 8 and lines[2].startswith("| forget01 |")
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(result))
