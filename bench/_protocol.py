@@ -159,6 +159,26 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+# TOFU's ``full`` split: 200 fictitious authors, 20 QA rows each, in author order; forgetXX is
+# the last XX% of the authors (forget01 = authors 198 and 199).
+TOFU_ROWS_PER_AUTHOR = 20
+TOFU_AUTHORS = 200
+FORGET01_AUTHORS = (198, 199)
+
+
+def tofu_author_rows(
+    full: list, authors, rows_per_author: int = TOFU_ROWS_PER_AUTHOR, *, subdomain: bool = True
+) -> list[dict]:
+    """The first ``rows_per_author`` rows of each of ``authors`` (indices into TOFU's 200) from
+    ``full``; with ``subdomain`` every row names its author (``author{a}``), so ALTER trains one
+    forget expert per author (the other methods ignore the field)."""
+    return [
+        {**full[a * TOFU_ROWS_PER_AUTHOR + j], **({"subdomain": f"author{a}"} if subdomain else {})}
+        for a in authors
+        for j in range(rows_per_author)
+    ]
+
+
 def tofu_retain(tofu_dir: Path, retain_items: int, source: str):
     """TOFU's ``full`` rows and the retain rows: exactly the first ``retain_items`` items of
     ``retain_perturbed`` (so retain utility is measured on facts the target was taught)."""

@@ -26,9 +26,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 
-FORGET_AUTHORS = (198, 199)  # forget01, as bench/tofu_mini.py
-ROWS_PER_AUTHOR = 20
-
 
 def main() -> None:
     ap = argparse.ArgumentParser(
@@ -53,7 +50,7 @@ def main() -> None:
     labels = json.loads(summary_path.read_text())["forget_labels"]
     am, tok = load(str(Path(args.tofu_mini) / "target"), str(run))
     full, _, retain = P.tofu_retain(Path(args.data) / "tofu", 160, "routing:retain")
-    forget = [full[a * ROWS_PER_AUTHOR + j] for a in FORGET_AUTHORS for j in range(ROWS_PER_AUTHOR)]
+    forget = P.tofu_author_rows(full, P.FORGET01_AUTHORS, subdomain=False)
     retain = list(retain)[: args.rows]
 
     def prob(rows) -> float:

@@ -56,8 +56,8 @@ import _protocol as P  # noqa: E402
 
 # Authors of each stage: the last N of TOFU's 200 (forgetXX is the tail of full).
 STAGES = {"forget01": 2, "forget05": 10, "forget10": 20}
-ROWS_PER_AUTHOR = 20
-N_AUTHORS = 200
+ROWS_PER_AUTHOR = P.TOFU_ROWS_PER_AUTHOR
+N_AUTHORS = P.TOFU_AUTHORS
 # Methods whose result is a whole model, so a stage can start from the previous one.
 FULL_PARAMETER = ("ga", "gd", "npo", "npo_kl", "simnpo", "rmu")
 PROTOCOL_KEYS = (
@@ -184,12 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     k = args.rows_per_author
     forget = {}
     for s, n in STAGES.items():
-        # Each forget row names its author as its subdomain (as in tofu_mini.py): ALTER trains
-        # one forget expert per author; the other methods ignore the field.
-        rows = [
-            {**r, "subdomain": f"author{N_AUTHORS - n + i // k}"}
-            for i, r in enumerate(stage_rows(full[(N_AUTHORS - n) * ROWS_PER_AUTHOR :], s, k))
-        ]
+        # Each forget row names its author as its subdomain: one ALTER forget expert per author.
+        rows = P.tofu_author_rows(full, range(N_AUTHORS - n, N_AUTHORS), k)
         forget[s] = RowSet(rows, source=f"sequential:{s}", kind="qa")
         evaluated = stage_rows(load_tofu(f"{s}_perturbed", tofu_dir).rows, s, k)
         assert [r["question"] for r in rows] == [r["question"] for r in evaluated], s

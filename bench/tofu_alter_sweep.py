@@ -25,9 +25,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 
-FORGET_AUTHORS = (198, 199)  # forget01, as bench/tofu_mini.py
-ROWS_PER_AUTHOR = 20
-
 
 def parse_variant(text: str) -> tuple[bool, dict]:
     authors, overrides = False, {}
@@ -113,14 +110,7 @@ def main() -> None:
     rows = []
     for name, (authors, overrides) in parsed.items():
         forget = RowSet(
-            [
-                {
-                    **full[a * ROWS_PER_AUTHOR + j],
-                    **({"subdomain": f"author{a}"} if authors else {}),
-                }
-                for a in FORGET_AUTHORS
-                for j in range(ROWS_PER_AUTHOR)
-            ],
+            P.tofu_author_rows(full, P.FORGET01_AUTHORS, subdomain=authors),
             source="sweep:forget01",
             kind="qa",
         )

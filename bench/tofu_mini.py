@@ -30,8 +30,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 
-FORGET_AUTHORS = (198, 199)  # forget01
-ROWS_PER_AUTHOR = 20
+FORGET_AUTHORS = P.FORGET01_AUTHORS
+ROWS_PER_AUTHOR = P.TOFU_ROWS_PER_AUTHOR
 
 
 def main() -> None:
@@ -66,16 +66,9 @@ def main() -> None:
     tofu_dir = Path(args.data) / "tofu"
     full, covered, retain = P.tofu_retain(tofu_dir, args.retain_items, "tofu-mini:retain")
     n_retain_authors = len({i // ROWS_PER_AUTHOR for i in covered})
-    # Each forget row names its author as its subdomain: ALTER trains one forget expert per
-    # author (the other methods ignore the field).
+    # Each forget row names its author as its subdomain: one ALTER forget expert per author.
     forget = RowSet(
-        [
-            {**full[a * ROWS_PER_AUTHOR + j], "subdomain": f"author{a}"}
-            for a in FORGET_AUTHORS
-            for j in range(ROWS_PER_AUTHOR)
-        ],
-        source="tofu-mini:forget01",
-        kind="qa",
+        P.tofu_author_rows(full, FORGET_AUTHORS), source="tofu-mini:forget01", kind="qa"
     )
     assert [r["question"] for r in forget] == [
         r["question"] for r in load_tofu("forget01", tofu_dir)
