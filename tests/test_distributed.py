@@ -510,18 +510,24 @@ def test_fsdp_matches_one_process(tmp_path, synth, method, opts):
         assert whole / 2 <= held <= 0.51 * whole, (held, whole)
 
 
+FINETUNE_OPTS = {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
+
+
 def test_fsdp_finetune_matches_one_process(tmp_path, synth):
     """Full fine-tuning with 2 micro-batches of 3 rows (2 + 1 per process) and gradient
     checkpointing under FSDP (one process: bit-identical without it), then the evaluation of the
     sharded model (every process runs every row, in step)."""
-    _finetune_fsdp_matches_one(
-        synth, tmp_path, {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
-    )
+    _finetune_matches_one(synth, tmp_path, FINETUNE_OPTS, FSDP, _assert_fsdp_finetune)
 
 
-def _finetune_fsdp_matches_one(synth, tmp_path, opts: dict) -> dict:
-    """``finetune`` with ``opts`` and gradient checkpointing: one process, then 2 under FSDP;
-    weights and the evaluations before / after must agree. Returns the one-process summary."""
+def _assert_fsdp_finetune(one: Path, two: Path) -> None:
+    _assert_fsdp_run(one, two, "model.safetensors", "finetune_summary.json")
+
+
+def _finetune_matches_one(synth, tmp_path, opts: dict, config, assert_run) -> dict:
+    """``finetune`` with ``opts`` and gradient checkpointing: one process, then 2 launched with
+    ``config``; ``assert_run(one, two)`` compares the outputs, and the evaluations before / after
+    must agree. Returns the one-process summary."""
     from alter.data.schema import load_rows
     from alter.pipeline import finetune_and_save
     from alter.train import FinetuneConfig
@@ -532,11 +538,9 @@ def _finetune_fsdp_matches_one(synth, tmp_path, opts: dict) -> dict:
     data = str(synth / "train.jsonl")
     _launch(
         "finetune", "--model", "tiny-llama", "--data", data, "--out", str(tmp_path / "two"),
-        *args, "--gradient-checkpointing", config=FSDP,
+        *args, "--gradient-checkpointing", config=config,
     )  # fmt: skip
-    _assert_fsdp_run(
-        tmp_path / "one", tmp_path / "two", "model.safetensors", "finetune_summary.json"
-    )
+    assert_run(tmp_path / "one", tmp_path / "two")
     two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
     for when in ("eval_before", "eval_after"):
         assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
@@ -645,11 +649,8 @@ def test_fsdp_finetune_lora_matches_one_process(tmp_path, synth):
     """``finetune --mode lora``: the base sharded, the adapters whole (their gradients summed),
     then merged into the shards; 2 micro-batches and gradient checkpointing, as for full
     fine-tuning above."""
-    one = _finetune_fsdp_matches_one(
-        synth,
-        tmp_path,
-        {"mode": "lora", "max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2},
-    )
+    opts = {"mode": "lora", **FINETUNE_OPTS}
+    one = _finetune_matches_one(synth, tmp_path, opts, FSDP, _assert_fsdp_finetune)
     assert one["eval_after"]["nll"] != one["eval_before"]["nll"]  # the merge changed the model
 
 
@@ -750,26 +751,14 @@ def test_deepspeed_finetune_matches_one_process(tmp_path, synth):
     """ZeRO-3 fine-tuning with DeepSpeed's gradient accumulation (alter's grad_accum 2), gradient
     checkpointing, the warm-up/decay schedule on the client AdamW, and the evaluation of the
     partitioned model (every process runs every row)."""
-    from alter.data.schema import load_rows
-    from alter.pipeline import finetune_and_save
-    from alter.train import FinetuneConfig
 
-    opts = {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
-    rows = load_rows(str(synth / "train.jsonl"))
-    one = finetune_and_save("tiny-llama", rows, FinetuneConfig(**opts), tmp_path / "one")
-    args = [x for k, v in opts.items() for x in (f"--{k.replace('_', '-')}", str(v))]
-    data = str(synth / "train.jsonl")
-    _launch(
-        "finetune", "--model", "tiny-llama", "--data", data, "--out", str(tmp_path / "two"),
-        *args, "--gradient-checkpointing", config=_zero(3),
-    )  # fmt: skip
-    _assert_zero_run(tmp_path / "one", tmp_path / "two", "finetune_summary.json", 3)
+    def assert_run(one: Path, two: Path) -> None:
+        _assert_zero_run(one, two, "finetune_summary.json", 3)
+
+    _finetune_matches_one(synth, tmp_path, FINETUNE_OPTS, _zero(3), assert_run)
     la = [json.loads(x) for x in (tmp_path / "one" / "metrics.jsonl").open()]
     lb = [json.loads(x) for x in (tmp_path / "two" / "metrics.jsonl").open()]
     assert [r["lr"] for r in la] == [r["lr"] for r in lb]
-    two = json.loads((tmp_path / "two" / "finetune_summary.json").read_text())
-    for when in ("eval_before", "eval_after"):
-        assert two[when]["nll"] == pytest.approx(one[when]["nll"], rel=1e-5)
 
 
 @needs_deepspeed
