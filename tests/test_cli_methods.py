@@ -107,3 +107,40 @@ def test_bad_method_options_are_one_line_errors(tmp_path, synth_dir, capsys, ext
     code, _, err = run(unlearn_argv(synth_dir, tmp_path / "x", *extra), capsys)
     assert code == 1 and message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--method", "gd", "--base-dtype", "bfloat16"], "gd trains the model's own weights"),
+        (["--method", "npo", "--set", "base_dtype=bfloat16"], "npo trains the model's own"),
+        (["--method", "rmu", "--set", "base_dtype=bfloat16"], "rmu trains the model's own"),
+        (["--set", "base_dtype=bf16"], "base_dtype must be one of float32, bfloat16, got 'bf16'"),
+    ],
+)
+def test_bf16_base_is_refused_before_loading_for_full_parameter_methods(
+    tmp_path,
+    synth_dir,  # noqa: F811
+    capsys,
+    monkeypatch,
+    argv,
+    message,
+):
+    def no_loading(*_a, **_k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr("alter.pipeline.load_model", no_loading)
+    code, _, err = run(unlearn_argv(synth_dir, tmp_path / "x", *argv), capsys)
+    assert code == 1 and message in err and "Traceback" not in err
+    assert err.count("\n") == 1 and "mixed_precision=bf16" in err
+    assert not any(tmp_path.iterdir())  # nothing written, not even a partial directory
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_finetune_refuses_a_bf16_base(tmp_path, synth_dir, capsys, mode):  # noqa: F811
+    argv = ["finetune", "--model", "tiny-llama", "--data", str(synth_dir / "train.jsonl")]
+    argv += ["--out", str(tmp_path / "f"), "--mode", mode, "--base-dtype", "bfloat16"]
+    code, _, err = run(argv, capsys)
+    reason = "merges the LoRA update" if mode == "lora" else "finetune trains the model's own"
+    assert code == 1 and reason in err and err.count("\n") == 1
+    assert not (tmp_path / "f").exists()

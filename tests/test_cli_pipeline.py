@@ -311,3 +311,33 @@ def test_inference_option_routes_with_the_probe(tmp_path, synth_dir, capsys):
         capsys,
     )
     assert code == 1 and "applies to ALTER adapters only" in err
+
+
+def test_alter_on_a_bf16_base_then_eval_and_generate_on_bf16(tmp_path, synth_dir, capsys):
+    """--base-dtype bfloat16 through unlearn, eval and generate; the adapter is float32."""
+    run_dir = tmp_path / "u"
+    quick = ["--max-steps", "1", "--set", "stage1_max_steps=1"]
+    code, _, err = run(unlearn_argv(synth_dir, run_dir, "--base-dtype", "bfloat16", *quick), capsys)
+    assert code == 0, err
+    assert json.loads((run_dir / "resolved_config.json").read_text())["train"]["base_dtype"] == (
+        "bfloat16"
+    )
+    saved = json.loads((run_dir / "adapter_config.json").read_text())
+    assert saved["base_dtype"] == "bfloat16"
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(run_dir / "adapter_model.safetensors"))
+    assert {t.dtype for t in tensors.values()} == {torch.float32}
+    ev = ["eval", "--model", "tiny-llama", "--adapter", str(run_dir), "--benchmark", "synthetic"]
+    ev += ["--limit", "2", "--no-generate", "--no-progress", "--base-dtype", "bfloat16"]
+    code, _, err = run([*ev, "--out", str(tmp_path / "e")], capsys)
+    assert code == 0, err
+    config = json.loads((tmp_path / "e" / "eval_config.json").read_text())
+    assert config["options"]["base_dtype"] == "bfloat16"
+    for dtype in ("bfloat16", "float32"):  # the adapter also loads on the float32 original
+        argv = ["generate", "--model", "tiny-llama", "--adapter", str(run_dir), "-p", "Who?"]
+        code, out, err = run([*argv, "--max-new-tokens", "2", "--base-dtype", dtype], capsys)
+        assert code == 0 and out.startswith("Q: Who?"), err
+    code, _, err = run([*ev, "--out", str(tmp_path / "x"), "--base-dtype", "float16"], capsys)
+    assert code == 1 and "base_dtype must be one of float32, bfloat16" in err

@@ -140,12 +140,20 @@ def _single(synth: Path, out: Path, method: str, opts: dict) -> None:
     )
 
 
-def _assert_same_run(a: Path, b: Path, weights: str) -> None:
+def _assert_same_run(
+    a: Path,
+    b: Path,
+    weights: str,
+    *,
+    atol: float = ATOL,
+    rtol: float = LOSS_RTOL,
+    struct_rtol: float = 1e-3,
+) -> None:
     wa, wb = load_file(str(a / weights)), load_file(str(b / weights))
     assert wa.keys() == wb.keys()
     diff = max((wa[k].float() - wb[k].float()).abs().max().item() for k in wa)
     print(f"max |w_1proc - w_2proc| = {diff:.2e} ({weights})")  # shown with pytest -s
-    assert diff <= ATOL, f"max |w_1proc - w_2proc| = {diff:.2e} > {ATOL}"
+    assert diff <= atol, f"max |w_1proc - w_2proc| = {diff:.2e} > {atol}"
     la = [json.loads(line) for line in (a / "metrics.jsonl").open()]
     lb = [json.loads(line) for line in (b / "metrics.jsonl").open()]
     assert [r["step"] for r in la] == [r["step"] for r in lb]
@@ -154,9 +162,9 @@ def _assert_same_run(a: Path, b: Path, weights: str) -> None:
         # which Adam's scale invariance would almost hide in the weights.
         for key in ("loss", "retain_nll", "forget_nll", "ihl", "router_ce", "grad_norm"):
             if key in ra:
-                assert rb[key] == pytest.approx(ra[key], rel=LOSS_RTOL, abs=1e-6), (key, ra, rb)
+                assert rb[key] == pytest.approx(ra[key], rel=rtol, abs=1e-6), (key, ra, rb)
         if "struct" in ra:  # a mean of |differences| some of which are a few ulps (see above)
-            assert rb["struct"] == pytest.approx(ra["struct"], rel=1e-3), (ra, rb)
+            assert rb["struct"] == pytest.approx(ra["struct"], rel=struct_rtol), (ra, rb)
 
 
 @pytest.mark.parametrize(
@@ -607,14 +615,25 @@ def _assert_same_adapter_files(one: Path, two: Path) -> None:
     assert ca == cb
 
 
-def test_fsdp_alter_matches_one_process(tmp_path, synth):
+@pytest.mark.parametrize("base_dtype", ["float32", "bfloat16"])
+def test_fsdp_alter_matches_one_process(tmp_path, synth, base_dtype):
     """ALTER with a sharded base (the pre-pass padded to the same number of forwards on every
     process): the adapter, per-step losses and gradient norms of one process; forget experts a
-    step does not use keep grad=None (a zero gradient would let AdamW move them)."""
+    step does not use keep grad=None (a zero gradient would let AdamW move them). Also with the
+    base in bf16 (sharded bf16, float32 adapters)."""
     one, two = tmp_path / "one", tmp_path / "two"
-    _single(synth, one, "alter", ALTER_OPTS)
-    _launch(*_unlearn_args(synth, two, "alter", ALTER_OPTS), config=FSDP)
-    _assert_same_run(one, two, "adapter_model.safetensors")
+    opts = {**ALTER_OPTS, "base_dtype": base_dtype}
+    _single(synth, one, "alter", opts)
+    _launch(*_unlearn_args(synth, two, "alter", opts), config=FSDP)
+    if base_dtype == "float32":
+        _assert_same_run(one, two, "adapter_model.safetensors")
+    else:
+        # bf16 activations of other batch shapes round differently. Measured: adapters 2.5e-4
+        # apart (a fp32 and a bf16 base, one process each: 1.3e-3), losses 2.0e-5 relative,
+        # gradient norms 8.9e-4 (an average instead of a sum: 0.5), L_struct 1.3e-2.
+        _assert_same_run(
+            one, two, "adapter_model.safetensors", atol=5e-4, rtol=5e-3, struct_rtol=5e-2
+        )
     _assert_same_adapter_files(one, two)
     a, b = (load_file(str(d / "centroids.safetensors"))["centroids"] for d in (one, two))
     assert torch.equal(a, b)  # from the gathered pre-pass cache: bit-identical

@@ -12,7 +12,9 @@ from alter.losses import (
     mean_token_nll,
     router_cross_entropy,
     sequence_nll,
+    soft_cross_entropy,
     structural_invariance,
+    token_kl,
     token_nll,
 )
 
@@ -90,3 +92,32 @@ def test_masked_mean():
     v = torch.tensor([1.0, 2.0, 3.0, 4.0])
     assert masked_mean(v, torch.tensor([True, False, True, False])).item() == 2.0
     assert masked_mean(v, torch.zeros(4, dtype=torch.bool)).item() == 0.0
+
+
+def _bf16_case():
+    gen = torch.Generator().manual_seed(0)
+    logits = (4 * torch.randn(2, 6, 300, generator=gen)).bfloat16()  # a bf16 base's logits
+    labels = torch.randint(0, 300, (2, 6), generator=gen)
+    labels[:, :2] = IGNORE_INDEX
+    return logits, labels
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        token_nll,
+        inverse_hinge,
+        lambda lg, lb: sequence_nll(lg, lb)[0],
+        lambda lg, lb: token_kl(lg, lg.flip(-1), lb),
+        lambda lg, lb: soft_cross_entropy(lg, torch.log_softmax(lg.flip(-1).float(), -1)),
+        lambda lg, lb: router_cross_entropy(lg[:, 0], lb[:, -1]),
+    ],
+    ids=["token_nll", "inverse_hinge", "sequence_nll", "token_kl", "soft_ce", "router_ce"],
+)
+def test_losses_of_bf16_logits_are_computed_in_float32(fn):
+    """A base loaded in bf16 gives bf16 logits; every loss upcasts before its softmax, so it
+    equals the loss of the same values in float32 (a bf16 softmax would be ~1e-2 off)."""
+    logits, labels = _bf16_case()
+    got = fn(logits, labels)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, fn(logits.float(), labels))

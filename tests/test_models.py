@@ -115,3 +115,21 @@ def test_smollm2_converts_once_then_reloads_fast(tmp_path, monkeypatch):
     ids = tok("The capital of France is", return_tensors="pt")["input_ids"]
     assert torch.equal(m1(ids).logits, m2(ids).logits)
     assert m1.config.num_hidden_layers == 30 and m1.config.hidden_size == 576
+
+
+def test_base_dtype_is_checked_against_the_training():
+    from alter.errors import ConfigError
+    from alter.models import FROZEN_BASE_TRAININGS, check_base_dtype
+
+    assert check_base_dtype("float32", "gd") is torch.float32
+    for name in (*FROZEN_BASE_TRAININGS, None):
+        assert check_base_dtype("bfloat16", name) is torch.bfloat16
+    for name in ("ga", "gd", "npo", "npo_kl", "simnpo", "rmu", "finetune"):
+        with pytest.raises(ConfigError, match=f"{name} trains the model's own weights"):
+            check_base_dtype("bfloat16", name)
+    with pytest.raises(ConfigError, match="merges the LoRA update"):
+        check_base_dtype("bfloat16", "finetune --mode lora")
+    with pytest.raises(ConfigError, match="got 'float16'"):
+        check_base_dtype("float16")
+    model, _ = load_model("tiny-llama", dtype=torch.bfloat16)
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}

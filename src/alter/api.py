@@ -106,7 +106,8 @@ def unlearn(
 
     ``forget`` / ``retain`` are paths, hub ids or :class:`~alter.data.schema.RowSet` objects;
     ``overrides`` are any field of :class:`~alter.adapters.AlterConfig` or
-    :class:`~alter.methods.alter.AlterTrainConfig` (e.g. ``epochs=2, lr_B=5e-4``). With ``out``,
+    :class:`~alter.methods.alter.AlterTrainConfig` (e.g. ``epochs=2, lr_B=5e-4``;
+    ``base_dtype="bfloat16"`` loads the frozen base in bf16, adapter methods only). With ``out``,
     the run directory (config, adapter, subdomains, logs) is written atomically.
     """
     from alter.pipeline import unlearn_and_save
@@ -129,18 +130,21 @@ def load(
     *,
     allow_other_base: bool = False,
     inference: str | None = None,
+    base_dtype: str = "float32",
 ):
     """Load ``model`` (alias, directory or hub id) and optionally wrap it with a saved adapter;
-    ``inference`` (``prepass`` | ``probe``) sets how an ALTER adapter routes."""
+    ``inference`` (``prepass`` | ``probe``) sets how an ALTER adapter routes; ``base_dtype``
+    (``float32`` | ``bfloat16``) is the dtype of the model's weights (adapters load in float32
+    either way, whatever base they were trained on)."""
     from alter.adapters.config import INFERENCE_MODES
     from alter.adapters.io import load_adapter
-    from alter.models import load_model
+    from alter.models import check_base_dtype, load_model
 
     if inference is not None and inference not in INFERENCE_MODES:
         raise ConfigError(f"inference must be 'prepass' or 'probe', got {inference!r}")
     if inference is not None and adapter is None:
         raise ConfigError(f"inference={inference} needs an ALTER adapter (--adapter)")
-    m, tok = load_model(model)
+    m, tok = load_model(model, dtype=check_base_dtype(base_dtype))
     if adapter is None:
         return m, tok
     return load_adapter(m, adapter, allow_other_base=allow_other_base, inference=inference), tok

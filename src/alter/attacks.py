@@ -90,11 +90,14 @@ def quantize_(model: torch.nn.Module, bits: int) -> int:
 def relearn_(
     model: torch.nn.Module, tokenizer, rows: RowSet, *, steps: int, lr: float, seed: int = 0
 ):
-    """Full-parameter fine-tuning of ``model`` on ``rows`` for ``steps`` steps (batch 4, AdamW)."""
+    """Full-parameter fine-tuning of ``model`` on ``rows`` for ``steps`` steps (batch 4, AdamW),
+    in float32: a model loaded in bf16 (``--base-dtype bfloat16``) is upcast first, since AdamW
+    on bf16 weights would drop small updates and understate the attack."""
     from alter.data.collate import Collator, encode_rows
     from alter.losses import mean_token_nll
 
     torch.manual_seed(seed)
+    model.float()  # a no-op on a float32 model
     params = list(model.parameters())
     for p in params:
         p.requires_grad_(True)

@@ -33,6 +33,13 @@ ModelOpt = Annotated[
     str,
     typer.Option("--model", "-m", help="alias (see `alter models`), local HF directory, or hub id"),
 ]
+BaseDtypeOpt = Annotated[
+    str,
+    typer.Option(
+        help="float32 | bfloat16: dtype of the model's weights (half the memory in bf16); "
+        "adapters stay float32"
+    ),
+]
 
 
 def _version(value: bool):
@@ -171,6 +178,13 @@ def finetune_cmd(
         str | None,
         typer.Option(help="no | bf16 (autocast, for GPUs); default: the accelerate launch setting"),
     ] = None,
+    base_dtype: Annotated[
+        str,
+        typer.Option(
+            help="dtype the weights are loaded in: float32 only (fine-tuning changes the "
+            "weights; for bf16 compute use --mixed-precision bf16)"
+        ),
+    ] = "float32",
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
     resume: Annotated[
         bool, typer.Option(help="continue an interrupted run in OUT from its last checkpoint")
@@ -196,6 +210,7 @@ def finetune_cmd(
         grad_accum=grad_accum,
         gradient_checkpointing=gradient_checkpointing,
         mixed_precision=mixed_precision,
+        base_dtype=base_dtype,
     )
     from alter.runs import check_out_dir
 
@@ -260,6 +275,13 @@ def unlearn_cmd(
         int | None, typer.Option(help="forget rows and retain rows per step")
     ] = None,
     seed: Annotated[int | None, typer.Option(help="seed")] = None,
+    base_dtype: Annotated[
+        str | None,
+        typer.Option(
+            help="float32 (default) | bfloat16: dtype of the frozen base weights; bfloat16 for "
+            "alter, lora, asymlora, elm only (adapters stay float32); = --set base_dtype=..."
+        ),
+    ] = None,
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -274,7 +296,7 @@ def unlearn_cmd(
     """Make MODEL forget the FORGET rows and keep the RETAIN rows; writes the run to OUT.
 
     Runs data-parallel under `accelerate launch ... -m alter.cli unlearn ...`; grad_accum,
-    gradient_checkpointing and mixed_precision are --set options (docs/SCALING.md).
+    gradient_checkpointing, mixed_precision and base_dtype are --set options (docs/SCALING.md).
     """
     from alter.pipeline import unlearn_and_save
 
@@ -292,6 +314,7 @@ def unlearn_cmd(
         "forget_batch_size": batch_size,
         "retain_batch_size": batch_size,
         "seed": seed,
+        "base_dtype": base_dtype,
     }
     overrides.update({k: v for k, v in shared.items() if v is not None})
     unlearn_and_save(
@@ -340,12 +363,19 @@ def generate_cmd(
     ] = False,
     max_new_tokens: Annotated[int, typer.Option(help="tokens to generate")] = 64,
     inference: InferenceOpt = None,
+    base_dtype: BaseDtypeOpt = "float32",
 ):
     """Answer questions greedily (with an adapter: the unlearned model), same prompt format as training."""
     from alter.api import load
     from alter.evals.qa import generate_answers
 
-    m, tok = load(model, adapter, allow_other_base=allow_other_base, inference=inference)
+    m, tok = load(
+        model,
+        adapter,
+        allow_other_base=allow_other_base,
+        inference=inference,
+        base_dtype=base_dtype,
+    )
     for q, a in zip(
         prompt, generate_answers(m, tok, prompt, max_new_tokens=max_new_tokens), strict=True
     ):
@@ -406,6 +436,7 @@ def attack_cmd(
         bool, typer.Option(help="load the adapter even if MODEL's weights differ from its base")
     ] = False,
     inference: InferenceOpt = None,
+    base_dtype: BaseDtypeOpt = "float32",
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ):
     """Try to bring forgotten knowledge back (relearning, paraphrases, prefixes, quantisation)."""
@@ -418,7 +449,7 @@ def attack_cmd(
     check_out_dir(out, overwrite=overwrite)
     forget_rows = load_rows(forget)
     retain_rows = load_rows(retain) if retain else None
-    kw = {"allow_other_base": allow_other_base, "inference": inference}
+    kw = {"allow_other_base": allow_other_base, "inference": inference, "base_dtype": base_dtype}
     load(model, adapter, **kw)  # fail on a bad model/adapter now
     results = run_attacks(
         lambda: load(model, adapter, **kw),
@@ -436,6 +467,7 @@ def attack_cmd(
                 "model": model,
                 "adapter": str(adapter) if adapter else None,
                 "inference": inference,
+                "base_dtype": base_dtype,
                 "results": results,
                 "forget_prob_change": rec,
             },

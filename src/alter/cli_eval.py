@@ -100,6 +100,13 @@ def eval_cmd(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="progress bars")
     ] = True,
+    base_dtype: Annotated[
+        str,
+        typer.Option(
+            help="float32 | bfloat16: dtype of MODEL's (and --original's) weights; adapters "
+            "stay float32"
+        ),
+    ] = "float32",
     overwrite: Annotated[bool, typer.Option(help="replace an existing output directory")] = False,
 ):
     """Evaluate MODEL (+ ADAPTER) on a benchmark; writes <BENCH>_EVAL.json and <BENCH>_SUMMARY.json."""
@@ -119,6 +126,7 @@ def eval_cmd(
         allow_other_base=allow_other_base,
         inference=inference,
         progress=progress,
+        base_dtype=base_dtype,
     )
     summary = run_eval(
         model,

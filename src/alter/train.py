@@ -36,7 +36,7 @@ from alter.distributed import (
 )
 from alter.ds import start as deepspeed_engine
 from alter.losses import mean_token_nll
-from alter.models import enable_gradient_checkpointing
+from alter.models import check_base_dtype, check_trainable_float32, enable_gradient_checkpointing
 
 
 @dataclass
@@ -69,6 +69,10 @@ class FinetuneConfig(ScaleOptions):
         super().__post_init__()
         if self.mode not in ("full", "lora"):
             raise ValueError(f"mode must be 'full' or 'lora', got {self.mode!r}")
+        # Both modes change the weights themselves (lora by merging): bfloat16 is refused.
+        check_base_dtype(
+            self.base_dtype, "finetune" if self.mode == "full" else "finetune --mode lora"
+        )
         if self.epochs <= 0:
             raise ValueError(f"epochs must be > 0, got {self.epochs}")
         if self.max_steps is not None and self.max_steps <= 0:
@@ -145,6 +149,10 @@ def finetune(
         rt.shard(model)  # FSDP: every parameter becomes its shard (a no-op otherwise)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
+    check_trainable_float32(params, "finetune")
+    if cfg.mode == "lora":  # a model loaded in bf16 by the caller: the merge would round it away
+        base = model.get_base_model().parameters()
+        check_trainable_float32(base, "finetune --mode lora", "the weights the update merges into")
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: linear_schedule(s, total, warmup))
     collate = Collator(tokenizer.pad_token_id)

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from alter.adapters.io import weights_checksum
+from alter.adapters.io import base_fingerprint
 from alter.data.collate import IGNORE_INDEX, format_prompt
 from alter.losses import elm_target_logprobs
 from alter.methods.elm import ELM, ELMConfig, aligned_positions
@@ -124,7 +124,7 @@ def test_saved_adapter_loads_back_through_peft(tmp_path):
     method.save(tmp_path, tok)
     fresh, _ = load_model("tiny-llama")
     meta = json.loads((tmp_path / "alter_method.json").read_text())
-    assert meta == {"method": "elm", "kind": "peft", "base_weights": weights_checksum(fresh)}
+    assert meta == {"method": "elm", "kind": "peft", **base_fingerprint(fresh)}
     assert (tmp_path / "adapter_config.json").is_file()
     want = method.result().eval()(IDS).logits
     got = PeftModel.from_pretrained(fresh, str(tmp_path)).eval()(IDS).logits

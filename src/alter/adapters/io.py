@@ -1,9 +1,14 @@
 """Save and load ALTER adapters: ``adapter_config.json`` + ``adapter_model.safetensors``.
 
 Only safetensors and JSON are read (never pickle). The config records a fingerprint of the base
-model's architecture (shapes of the adapted layers) and a checksum of a slice of its weights:
-a shape mismatch refuses to load; a weight mismatch (e.g. the adapter was trained on a fine-tuned
-target but is loaded on the original base) is refused unless ``allow_other_base=True``.
+model's architecture (shapes of the adapted layers) and checksums of a slice of its weights
+(:func:`base_fingerprint`): a shape mismatch refuses to load; a weight mismatch (e.g. the adapter
+was trained on a fine-tuned target but is loaded on the original base) is refused unless
+``allow_other_base=True``.
+
+Adapters are float32 whatever the base weights' dtype, and a bfloat16 copy of the weights an
+adapter was trained on counts as the same base (:func:`same_base`): an adapter trained on a
+float32 base loads onto its bf16 copy and vice versa. Two float32 bases must match exactly.
 """
 
 from __future__ import annotations
@@ -34,17 +39,61 @@ def architecture_fingerprint(am: AlterModel) -> str:
     return hashlib.sha256(json.dumps(shapes).encode()).hexdigest()[:16]
 
 
-def weights_checksum(model: torch.nn.Module) -> str:
-    """SHA-256 of the first 4096 values of every base (non-adapter) tensor: cheap and discriminating.
-    On an FSDP-sharded model every process must call it (the values are gathered)."""
+def base_fingerprint(model: torch.nn.Module) -> dict[str, str]:
+    """What an adapter records of its base weights, from the first 4096 values of every base
+    (non-adapter) tensor (cheap and discriminating):
+
+    * ``base_weights``: SHA-256 of those values as stored (as float32);
+    * ``base_weights_bf16``: the same of the values rounded to bfloat16, equal for a float32
+      model and its bf16 copy;
+    * ``base_dtype``: the base weights' dtype (``float32``, ``bfloat16``).
+
+    On an FSDP-sharded model every process must call it (the values are gathered, once)."""
     from alter.distributed import leading_values
 
     named = [(n, p.detach()) for n, p in model.named_parameters() if not is_adapter_param(n)]
-    h = hashlib.sha256()
+    exact, rounded = hashlib.sha256(), hashlib.sha256()
     for (name, _), head in zip(named, leading_values([p for _, p in named], 4096), strict=True):
-        h.update(name.encode())
-        h.update(head.float().numpy().tobytes())
-    return h.hexdigest()[:16]
+        for h, values in ((exact, head.float()), (rounded, head.to(torch.bfloat16).float())):
+            h.update(name.encode())
+            h.update(values.cpu().numpy().tobytes())
+    return {
+        "base_weights": exact.hexdigest()[:16],
+        "base_weights_bf16": rounded.hexdigest()[:16],
+        "base_dtype": str(named[0][1].dtype).removeprefix("torch.") if named else "float32",
+    }
+
+
+def weights_checksum(model: torch.nn.Module) -> str:
+    """``base_weights`` of :func:`base_fingerprint`."""
+    return base_fingerprint(model)["base_weights"]
+
+
+def same_base(saved: dict, model: dict) -> bool:
+    """Whether an adapter's recorded base (``saved``: the keys of :func:`base_fingerprint`, from
+    its config) is ``model``'s (its :func:`base_fingerprint`): the same values, or, when either
+    side is bfloat16, the same values once rounded to bfloat16 (the model is a bf16 copy of the
+    adapter's base or the other way round). Adapters saved before ``base_weights_bf16`` existed
+    match exactly or not at all."""
+    if saved.get("base_weights") == model["base_weights"]:
+        return True
+    bf16 = "bfloat16" in (saved.get("base_dtype"), model["base_dtype"])
+    return bf16 and saved.get("base_weights_bf16") == model["base_weights_bf16"]
+
+
+def other_base_error(path: Path, saved: dict, model: dict) -> AdapterError:
+    """The refusal :func:`same_base` calls for, with a hint for adapters predating bf16 checks."""
+    hint = ""
+    if "base_weights_bf16" not in saved and model["base_dtype"] != "float32":
+        hint = (
+            f"; this adapter predates bf16 checksums: if the model is a {model['base_dtype']} "
+            "copy of its base, pass --allow-other-base"
+        )
+    return AdapterError(
+        f"{path}: adapter was trained on different base weights than this model (pass the model it "
+        "was trained on, e.g. the fine-tuned target, or allow_other_base=True / --allow-other-base)"
+        + hint
+    )
 
 
 def save_adapter(am: AlterModel, out: str | Path, *, extra: dict | None = None) -> Path:
@@ -60,7 +109,7 @@ def save_adapter(am: AlterModel, out: str | Path, *, extra: dict | None = None) 
         "subdomains": am.subdomains,
         "adapted_modules": am.adapted,
         "architecture": architecture_fingerprint(am),
-        "base_weights": am.base_weights or weights_checksum(am),
+        **(am.base_fingerprint or base_fingerprint(am)),
         "base_model_type": getattr(am.config, "model_type", None),
         **(extra or {}),
     }
@@ -144,13 +193,14 @@ def _read_json_file(path: Path) -> dict:
 def _load_peft(model, path: Path, meta: dict, allow_other_base: bool):
     from peft import PeftModel
 
-    if not allow_other_base and meta.get("base_weights") not in (None, weights_checksum(model)):
-        raise AdapterError(
-            f"{path}: adapter was trained on different base weights than this model (pass the model it "
-            "was trained on, e.g. the fine-tuned target, or allow_other_base=True / --allow-other-base)"
-        )
+    if not allow_other_base and meta.get("base_weights") is not None:
+        fingerprint = base_fingerprint(model)
+        if not same_base(meta, fingerprint):
+            raise other_base_error(path, meta, fingerprint)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(path))
+        # autocast_adapter_dtype (peft's default, explicit here): the LoRA weights are float32
+        # on a bf16 base, as they were trained.
+        peft_model = PeftModel.from_pretrained(model, str(path), autocast_adapter_dtype=True)
     except (SafetensorError, OSError, ValueError, RuntimeError, KeyError) as e:
         raise AdapterError(f"{path}: cannot load the peft adapter ({e})") from None
     peft_model.eval()
@@ -170,11 +220,10 @@ def _load_alter(model: torch.nn.Module, path: Path, allow_other_base: bool) -> A
             f"{path}: adapter was trained for a different architecture "
             f"({meta.get('base_model_type')}, {len(meta['adapted_modules'])} adapted layers)"
         )
-    if not allow_other_base and weights_checksum(am) != meta["base_weights"]:
-        raise AdapterError(
-            f"{path}: adapter was trained on different base weights than this model (pass the model it "
-            "was trained on, e.g. the fine-tuned target, or allow_other_base=True / --allow-other-base)"
-        )
+    if not allow_other_base:
+        fingerprint = base_fingerprint(am)
+        if not same_base(meta, fingerprint):
+            raise other_base_error(path, meta, fingerprint)
     try:
         tensors = load_file(str(path / WEIGHTS_NAME))
     except (SafetensorError, OSError, FileNotFoundError) as e:

@@ -10,6 +10,12 @@ single matmul: no Python loop over experts.
 
 How the adapter path runs is decided per forward pass by a :class:`Route` that the owning
 :class:`~alter.adapters.model.AlterModel` installs with a context manager (never a global).
+
+The adapter is float32 whatever the base weights' dtype (``base_dtype=bfloat16``): its
+parameters are created in float32 (AdamW on bf16 parameters would drop every update below
+bf16's resolution), its path runs on the input cast to float32, and its output is cast to the
+base output's dtype when added. On a float32 base every cast is a no-op (bit-identical results);
+under bf16 autocast the matmuls run in bf16 as autocast decides, as before.
 """
 
 from __future__ import annotations
@@ -64,8 +70,7 @@ class AlterLinear(nn.Module):
         self.d_in, self.d_out = _in_out(base_layer)
         self.r = r
         self.scaling = scaling
-        weight = base_layer.weight
-        kw = {"dtype": weight.dtype, "device": weight.device}
+        kw = {"dtype": torch.float32, "device": base_layer.weight.device}
         self.alter_A = nn.Parameter(torch.empty(r, self.d_in, **kw))
         nn.init.kaiming_uniform_(self.alter_A, a=math.sqrt(5))  # peft's LoRA A init
         self.alter_B_r = nn.Parameter(torch.zeros(self.d_out, r, **kw))
@@ -85,9 +90,10 @@ class AlterLinear(nn.Module):
         return torch.stack(list(self.alter_B_f))
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
-        """The adapter's contribution (before scaling) for input ``x`` ``(..., d_in)``."""
+        """The adapter's contribution (before scaling) for input ``x`` ``(..., d_in)``, in
+        float32 (the adapter's dtype) whatever ``x``'s."""
         route = self.route or Route()
-        h = self.dropout(x)
+        h = self.dropout(x.to(self.alter_A.dtype))
         # Cut A's gradient, never x's: detaching A x itself would also stop the gradient that
         # flows back through this path into earlier layers.
         if not route.grad_a:
@@ -116,7 +122,7 @@ class AlterLinear(nn.Module):
         y = self.base_layer(x)
         if not self.enabled:
             return y
-        return y + self.scaling * self.delta(x)
+        return y + (self.scaling * self.delta(x)).to(y.dtype)
 
     def extra_repr(self) -> str:
         return f"d_in={self.d_in}, d_out={self.d_out}, r={self.r}, experts={self.n_experts}, scaling={self.scaling}"

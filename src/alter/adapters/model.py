@@ -157,9 +157,9 @@ class AlterModel(nn.Module):
         self.threshold = float(cfg.threshold if threshold is None else threshold)
         self.subdomains: list[str] = [str(d) for d in range(cfg.n_forget_experts)]
         self.centroids: torch.Tensor | None = None  # router slot centroids, set by training
-        # Checksum of the base weights (adapters.io), set by training when the base is sharded
-        # (FSDP): computing it there is a collective, saving happens on rank 0 only.
-        self.base_weights: str | None = None
+        # Checksums of the base weights (adapters.io.base_fingerprint), set by training when the
+        # base is sharded (FSDP): computing them there is a collective, saving is rank 0's.
+        self.base_fingerprint: dict[str, str] | None = None
         self.inference = cfg.inference
         freeze_all_but_adapter(self)
 
@@ -422,6 +422,11 @@ class AlterModel(nn.Module):
         learning). ``fixed`` folds ``B_r + sum_d w_d B_f[d]`` with the same weights on every
         token (applies the forget experts everywhere, including retain-like text). Use the
         wrapped model for faithful behaviour; merge only for deployment constraints.
+
+        The sum ``W0 + delta`` is formed in float32 and rounded once to the base weights' dtype:
+        exact on a float32 base; on a bfloat16 base the merged weights keep bf16's resolution
+        (~3 significant digits), so deltas much smaller than ``W0`` are partly rounded away
+        (merge on a float32 base to keep them).
         """
         if mode not in ("retention", "fixed"):
             raise ConfigError(f"merge mode must be 'retention' or 'fixed', got {mode!r}")
@@ -437,10 +442,9 @@ class AlterModel(nn.Module):
                     b += float(w) * layer.alter_B_f[d].float()
             delta = layer.scaling * (b @ layer.alter_A.float())  # (d_out, d_in)
             base = layer.base_layer
-            if isinstance(base, nn.Linear):
-                base.weight += delta.to(base.weight.dtype)
-            else:  # Conv1D stores (d_in, d_out)
-                base.weight += delta.t().to(base.weight.dtype)
+            if not isinstance(base, nn.Linear):  # Conv1D stores (d_in, d_out)
+                delta = delta.t()
+            base.weight.copy_(base.weight.float() + delta)  # one rounding to the weight's dtype
             parent_name, _, child = name.rpartition(".")
             parent = self.model.get_submodule(parent_name) if parent_name else self.model
             setattr(parent, child, base)

@@ -32,10 +32,13 @@ class Router(nn.Module):
     def __init__(self, hidden_size: int, n_experts: int):
         super().__init__()
         self.n_experts = n_experts
-        self.alter_router = nn.Linear(hidden_size + 2, n_experts + 1, bias=False)
+        # float32 whatever the base weights' dtype: the features are float32 (router_features).
+        self.alter_router = nn.Linear(
+            hidden_size + 2, n_experts + 1, bias=False, dtype=torch.float32
+        )
         nn.init.zeros_(self.alter_router.weight)
         # [w; b] of the entropy probe; all zeros until fit_probe (older adapters have none).
-        self.register_buffer("alter_probe", torch.zeros(hidden_size + 1))
+        self.register_buffer("alter_probe", torch.zeros(hidden_size + 1, dtype=torch.float32))
 
     @property
     def probe_fitted(self) -> bool:

@@ -125,8 +125,18 @@ class EvalOptions:
         metadata={"help": "How an ALTER adapter routes: prepass | probe (default: as saved)."},
     )
     progress: bool = field(default=True, metadata={"help": "Show tqdm progress bars."})
+    base_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "float32 | bfloat16: dtype of the model's weights (and --original's); "
+            "adapters stay float32."
+        },
+    )
 
     def __post_init__(self) -> None:
+        from alter.models import check_base_dtype
+
+        check_base_dtype(self.base_dtype)
         self.mmlu_subjects = tuple(self.mmlu_subjects)
         self.wmdp_subsets = tuple(self.wmdp_subsets)
         if self.forget_split not in TOFU_FORGET_SPLITS:
@@ -168,11 +178,12 @@ class Loaded:
 
 
 def _load(model_spec: str, adapter, opts: EvalOptions) -> Loaded:
-    from alter.models import load_model
+    from alter.models import BASE_DTYPES, load_model
 
     if opts.inference is not None and adapter is None:
         raise ConfigError(f"inference={opts.inference} needs an ALTER adapter (--adapter)")
-    model, tok = load_model(model_spec, seed=opts.seed)
+    dtype = BASE_DTYPES[opts.base_dtype]
+    model, tok = load_model(model_spec, seed=opts.seed, dtype=dtype)
     original, ctx, name = model, None, "the evaluated model itself (no adapter, no --original)"
     if adapter is not None:
         from alter.adapters.io import load_adapter
@@ -187,9 +198,10 @@ def _load(model_spec: str, adapter, opts: EvalOptions) -> Loaded:
             elif hasattr(model, "disable_adapter"):  # a peft model
                 original, ctx = model, model.disable_adapter
             else:
-                original = load_model(model_spec, seed=opts.seed)[0]
+                original = load_model(model_spec, seed=opts.seed, dtype=dtype)[0]
     if opts.original is not None:
-        original, ctx, name = load_model(opts.original, seed=opts.seed)[0], None, opts.original
+        original = load_model(opts.original, seed=opts.seed, dtype=dtype)[0]
+        ctx, name = None, opts.original
     return Loaded(model, tok, original, ctx, name)
 
 

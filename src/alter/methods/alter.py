@@ -716,9 +716,9 @@ def unlearn_alter(
     )
     am = AlterModel(model, cfg)
     if rt.fsdp is not None:  # the checksum gathers pieces of the shards: every process, once
-        from alter.adapters.io import weights_checksum
+        from alter.adapters.io import base_fingerprint
 
-        am.base_weights = weights_checksum(am)
+        am.base_fingerprint = base_fingerprint(am)
     am.router.to(am.device)
     am.subdomains = list(names)
     # The entropy probe for inference="probe": routing-layer hidden -> base entropy, on every

@@ -41,7 +41,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from alter.adapters.config import DEFAULT_TARGETS
-from alter.adapters.io import METHOD_META, AdapterError, weights_checksum
+from alter.adapters.io import (
+    METHOD_META,
+    AdapterError,
+    base_fingerprint,
+    other_base_error,
+    same_base,
+)
 from alter.adapters.layer import _in_out
 from alter.adapters.model import target_names
 from alter.errors import ConfigError
@@ -93,18 +99,21 @@ class AsymLoRALinear(nn.Module):
         self.base_layer = base_layer
         self.d_in, self.d_out = _in_out(base_layer)
         self.scaling = scaling
-        kw = {"dtype": base_layer.weight.dtype, "device": base_layer.weight.device}
+        # float32 whatever the base weights' dtype (as ALTER's, see alter.adapters.layer).
+        kw = {"dtype": torch.float32, "device": base_layer.weight.device}
         self.asym_A = nn.Parameter(torch.empty(r, self.d_in, **kw))
         nn.init.kaiming_uniform_(self.asym_A, a=math.sqrt(5))
         self.asym_B = nn.Parameter(torch.zeros(n_heads, self.d_out, r, **kw))
         self.asym_router = nn.Linear(self.d_in, n_heads, bias=False, **kw)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        ax = x @ self.asym_A.t()  # (..., r)
-        w = torch.softmax(self.asym_router(x).float(), dim=-1).to(ax.dtype)  # (..., N)
+        y = self.base_layer(x)
+        h = x.to(self.asym_A.dtype)  # the adapter path in float32 (a no-op on a float32 base)
+        ax = h @ self.asym_A.t()  # (..., r)
+        w = torch.softmax(self.asym_router(h).float(), dim=-1).to(ax.dtype)  # (..., N)
         z = w[..., :, None] * ax[..., None, :]  # (..., N, r)
         delta = torch.einsum("...nr,nor->...o", z, self.asym_B)  # every head in one contraction
-        return self.base_layer(x) + self.scaling * delta
+        return y + (self.scaling * delta).to(y.dtype)
 
     def extra_repr(self) -> str:
         n, _, r = self.asym_B.shape
@@ -145,7 +154,7 @@ class AsymLoRA:
     def setup(self, ctx) -> None:
         self.model = ctx.model
         # Before injection: the wrapped layers' weights are renamed (``...q_proj.base_layer.weight``).
-        self.base_weights = weights_checksum(self.model)
+        self.base_fingerprint = base_fingerprint(self.model)
         self.adapted = inject_asymlora(self.model, self.cfg)
         self.params = freeze_except(self.model, is_asym_param)
         self.model.train()
@@ -169,14 +178,14 @@ class AsymLoRA:
             "format": FORMAT,
             "config": asdict(self.cfg),
             "adapted_modules": self.adapted,
-            "base_weights": self.base_weights,
+            **self.base_fingerprint,
             "base_model_type": getattr(self.model.config, "model_type", None),
         }
         save_file(
             adapter_state_dict(self.model), str(out / WEIGHTS_NAME), metadata={"format": FORMAT}
         )
         (out / CONFIG_NAME).write_text(json.dumps(meta, indent=2) + "\n")
-        method = {"method": self.name, "kind": "asymlora", "base_weights": self.base_weights}
+        method = {"method": self.name, "kind": "asymlora", **self.base_fingerprint}
         (out / METHOD_META).write_text(json.dumps(method, indent=2) + "\n")
 
 
@@ -239,11 +248,10 @@ def load_asymlora(model: nn.Module, path: str | Path, *, allow_other_base: bool 
             raise AdapterError(
                 f"{path / WEIGHTS_NAME}: {k} has shape {tuple(tensors[k].shape)}, expected {shape}"
             )
-    if not allow_other_base and weights_checksum(model) != meta.get("base_weights"):
-        raise AdapterError(
-            f"{path}: adapter was trained on different base weights than this model (pass the model it "
-            "was trained on, e.g. the fine-tuned target, or allow_other_base=True / --allow-other-base)"
-        )
+    if not allow_other_base:
+        fingerprint = base_fingerprint(model)
+        if not same_base(meta, fingerprint):
+            raise other_base_error(path, meta, fingerprint)
 
     inject_asymlora(model, cfg)
     params = dict(model.named_parameters())

@@ -51,7 +51,7 @@ from pathlib import Path
 import torch
 
 from alter.adapters.config import DEFAULT_TARGETS
-from alter.adapters.io import METHOD_META, weights_checksum
+from alter.adapters.io import METHOD_META, base_fingerprint
 from alter.adapters.model import target_names
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_qa, to_device
 from alter.distributed import unsharded_class
@@ -244,7 +244,7 @@ class ELM:
 
         tok, cfg = ctx.tokenizer, self.cfg
         targets = target_names(ctx.model, cfg.target_modules)
-        self.base_weights = weights_checksum(ctx.model)
+        self.base_fingerprint = base_fingerprint(ctx.model)
         self.collate = Collator(ctx.pad_id)
         kind = getattr(ctx.forget, "kind", None) or ("text" if "text" in ctx.forget[0] else "qa")
 
@@ -280,7 +280,8 @@ class ELM:
         lora = LoraConfig(
             r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0, target_modules=targets
         )
-        self.model = get_peft_model(ctx.model, lora)
+        # float32 LoRA weights on a bf16 base (peft's default, explicit: they are what trains)
+        self.model = get_peft_model(ctx.model, lora, autocast_adapter_dtype=True)
         self.model.train()
 
     def trainable(self):
@@ -331,5 +332,5 @@ class ELM:
             # adapter_config.json: record the model's own class, as a single process does.
             self.model._get_base_model_class = lambda is_prompt_tuning=False: own
         self.model.save_pretrained(out, safe_serialization=True)
-        meta = {"method": self.name, "kind": "peft", "base_weights": self.base_weights}
+        meta = {"method": self.name, "kind": "peft", **self.base_fingerprint}
         (out / METHOD_META).write_text(json.dumps(meta, indent=2) + "\n")

@@ -45,7 +45,7 @@ from alter.distributed import (
 )
 from alter.ds import start as deepspeed_engine
 from alter.errors import AlterError, ConfigError
-from alter.models import enable_gradient_checkpointing
+from alter.models import check_trainable_float32, enable_gradient_checkpointing
 
 
 class TrainingError(AlterError):
@@ -248,6 +248,7 @@ def run_method(
         rt.shard(method.result())
         named = {n: p for n, p in method.result().named_parameters() if n in named}
         params = list(named.values())
+    check_trainable_float32(params, method.name)  # a bf16 model trained in full is refused
     lr = cfg.lr if cfg.lr is not None else method.default_lr
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
     collate = Collator(ctx.pad_id)

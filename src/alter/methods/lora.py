@@ -56,7 +56,7 @@ class LoRA:
     def setup(self, ctx) -> None:
         from peft import LoraConfig, get_peft_model
 
-        from alter.adapters.io import weights_checksum
+        from alter.adapters.io import base_fingerprint
 
         targets = target_names(ctx.model, self.cfg.target_modules)
         self.ref_logp = (
@@ -64,11 +64,12 @@ class LoRA:
             if self.cfg.loss == "npo"
             else None
         )
-        self.base_weights = weights_checksum(ctx.model)
+        self.base_fingerprint = base_fingerprint(ctx.model)
         lora = LoraConfig(
             r=self.cfg.r, lora_alpha=self.cfg.lora_alpha, lora_dropout=0.0, target_modules=targets
         )
-        self.model = get_peft_model(ctx.model, lora)
+        # float32 LoRA weights on a bf16 base (peft's default, explicit: they are what trains)
+        self.model = get_peft_model(ctx.model, lora, autocast_adapter_dtype=True)
         self.model.train()
 
     def trainable(self):
@@ -97,5 +98,5 @@ class LoRA:
             # adapter_config.json: record the model's own class, as a single process does.
             self.model._get_base_model_class = lambda is_prompt_tuning=False: own
         self.model.save_pretrained(out, safe_serialization=True)
-        meta = {"method": self.name, "kind": "peft", "base_weights": self.base_weights}
+        meta = {"method": self.name, "kind": "peft", **self.base_fingerprint}
         (out / "alter_method.json").write_text(json.dumps(meta, indent=2) + "\n")
