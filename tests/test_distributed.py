@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 
 from alter.data.schema import validate_rows
 from alter.data.synthetic import SyntheticConfig, make_synthetic
-from alter.distributed import FSDPOptions, Runtime, split
+from alter.distributed import LOAD_INTO_SHARDS, FSDPOptions, Runtime, split
 from alter.errors import ConfigError
 from alter.methods.gd import GD
 from alter.pipeline import unlearn_and_save
@@ -510,12 +510,25 @@ def test_fsdp_matches_one_process(tmp_path, synth, method, opts):
     _launch(*_unlearn_args(synth, tmp_path / "two", method, opts), config=FSDP)
     _assert_fsdp_run(tmp_path / "one", tmp_path / "two", "model.safetensors", "summary.json")
     one, two = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("one", "two"))
+    _assert_loaded_into_shards(two, method)
     if method in ("npo_kl", "rmu"):
         # The frozen reference is sharded too: rank 0 holds its half (rows of odd-sized
         # tensors split one more to rank 0), not a full replica.
         held, whole = two["reference_bytes_per_process"], one["reference_bytes_per_process"]
         print(f"reference bytes held by rank 0: {held} of {whole}")
         assert whole / 2 <= held <= 0.51 * whole, (held, whole)
+
+
+def _assert_loaded_into_shards(summary: dict, method: str) -> None:
+    """Under FSDP rank 0 alone reads the weights of these methods: rank 1 held none of them for
+    real before its shards were filled (every process loading the whole model: both hold it)."""
+    loaded = summary["loaded_weights_bytes_per_process"]
+    print(f"weights loaded per process: {loaded}")
+    if method in LOAD_INTO_SHARDS:
+        assert summary["weights_loaded_by"] == "rank0"
+        assert loaded[0] > 0 and loaded[1] == 0, loaded
+    else:
+        assert loaded[0] == loaded[1] > 0, loaded
 
 
 FINETUNE_OPTS = {"max_steps": 4, "batch_size": 6, "lr": 1e-4, "grad_accum": 2}
@@ -635,6 +648,7 @@ def test_fsdp_alter_matches_one_process(tmp_path, synth, base_dtype):
             one, two, "adapter_model.safetensors", atol=5e-4, rtol=5e-3, struct_rtol=5e-2
         )
     _assert_same_adapter_files(one, two)
+    _assert_loaded_into_shards(json.loads((two / "summary.json").read_text()), "alter")
     a, b = (load_file(str(d / "centroids.safetensors"))["centroids"] for d in (one, two))
     assert torch.equal(a, b)  # from the gathered pre-pass cache: bit-identical
 

@@ -212,6 +212,13 @@ class FSDPOptions:
         )
 
 
+# The trainings whose weights nothing reads before :meth:`Runtime.shard` (or ``shard_frozen``)
+# fills the shards: under FSDP only rank 0 reads them (:meth:`Runtime.load_model`). Not yet the
+# others: NPO's and NPO_KL's reference pass, RMU's frozen copy and finetune's first evaluation
+# run the whole model before it is sharded.
+LOAD_INTO_SHARDS = ("alter", "lora", "asymlora", "elm", "ga", "gd", "simnpo")
+
+
 # What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's
 # parameters; alter.ds). The adapter methods and the rest are refused with the reason.
 DEEPSPEED_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
@@ -503,6 +510,14 @@ class Runtime:
         ``reshard_after_forward`` None: the config's ``fsdp_reshard_after_forward``."""
         if self.fsdp is None:
             return
+        # A model loaded into its shards (:meth:`load_model`): every process shards it on the
+        # meta device, then fills its shards from rank 0's weights.
+        weights = self._rank0_weights(model)
+        self._fully_shard(model, reshard_after_forward)
+        if weights is not None:
+            self._fill(model, self._broadcast_from_rank0(weights))
+
+    def _fully_shard(self, model: torch.nn.Module, reshard_after_forward: bool | None) -> None:
         from torch.distributed.fsdp import FSDPModule, fully_shard
 
         names = self.fsdp.wrap
@@ -556,20 +571,85 @@ class Runtime:
                 for p in model.parameters()
             }
             ref = copy.deepcopy(model, memo)
-            self.shard(ref, reshard_after_forward=True)
-            ref.to_empty(device=self.device)
-            with torch.no_grad():
-                # to_empty left every tensor uninitialised: copy the weights and the buffers.
-                params = dict(model.named_parameters())
-                for name, p in ref.named_parameters():
-                    p.copy_(_local(_full(params[name].detach()), p))
-                buffers = dict(model.named_buffers())
-                for name, b in ref.named_buffers():
-                    b.copy_(buffers[name])
+            self._fully_shard(ref, reshard_after_forward=True)
+            source = dict(model.named_parameters()) | dict(model.named_buffers())
+            self._fill(ref, lambda name, _like: _full(source[name].detach()))
         ref.eval()
         for p in ref.parameters():
             p.requires_grad_(False)
         return ref
+
+    @torch.no_grad()
+    def _fill(self, module: torch.nn.Module, full_of) -> None:
+        """Give ``module``, sharded on the meta device, storage (``to_empty``) and values: each
+        parameter's shard and each buffer from ``full_of(name, tensor)``, that tensor whole. One
+        whole tensor at a time, so a process holds at most one besides its shards."""
+        module.to_empty(device=self.device)
+        for name, p in module.named_parameters():
+            p.copy_(_local(full_of(name, p), p))
+        for name, b in module.named_buffers():
+            b.copy_(full_of(name, b))
+
+    def _rank0_weights(self, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+        """None when every process holds ``model`` whole. When the others hold it on the meta
+        device (:meth:`load_model`): rank 0's weights by name (``{}`` on the others), and
+        ``model`` is left on the meta device on rank 0 too. A collective (one flag)."""
+        if not self.distributed:
+            return None
+        import torch.distributed as dist
+
+        tensors = [*model.parameters(), *model.buffers()]
+        meta = torch.tensor([float(any(t.is_meta for t in tensors))], device=self.device)
+        dist.all_reduce(meta, op=dist.ReduceOp.MAX)
+        if not meta.item():
+            return None
+        if not self.is_main:
+            return {}
+        if any(t.is_meta for t in tensors):
+            raise RuntimeError("loading into shards: rank 0 holds no weights to send")
+        return _to_meta_(model)
+
+    def _broadcast_from_rank0(self, weights: dict[str, torch.Tensor]):
+        """A ``full_of`` for :meth:`_fill`: rank 0 sends each of ``weights`` in turn (and drops
+        it: its shards are the model), the others receive it."""
+        import torch.distributed as dist
+
+        def full_of(name: str, like: torch.Tensor) -> torch.Tensor:
+            if self.is_main:
+                t = weights.pop(name).to(self.device)
+            else:
+                t = torch.empty(like.shape, dtype=like.dtype, device=self.device)
+            dist.broadcast(t, src=0)
+            return t
+
+        return full_of
+
+    def loads_into_shards(self, what: str) -> bool:
+        """Whether :meth:`load_model` reads the weights on rank 0 only for training ``what``."""
+        return self.fsdp is not None and self.distributed and what in LOAD_INTO_SHARDS
+
+    def load_model(
+        self, name: str, what: str, *, dtype: torch.dtype, seed: int = 0
+    ) -> tuple[torch.nn.Module, Any, dict]:
+        """:func:`alter.models.load_model` for training ``what``, and what a run summary records
+        of the loading. Under FSDP, for :data:`LOAD_INTO_SHARDS`, only rank 0 reads the weights:
+        the other processes build the model on the meta device (no storage), and
+        :meth:`shard` fills every process's shards from rank 0's copy, which it then drops. The
+        summary gets ``loaded_weights_bytes_per_process`` (the parameter and buffer bytes each
+        process holds for real after loading; a collective) under FSDP, nothing otherwise."""
+        from alter.models import load_model
+
+        meta = self.loads_into_shards(what) and not self.is_main
+        model, tok = load_model(name, dtype=dtype, seed=seed, meta=meta)
+        if self.fsdp is None:
+            return model, tok, {}
+        tensors = dict(model.named_parameters()) | dict(model.named_buffers())
+        held = sum(t.numel() * t.element_size() for t in tensors.values() if not t.is_meta)
+        loading = {
+            "weights_loaded_by": "rank0" if self.loads_into_shards(what) else "every process",
+            "loaded_weights_bytes_per_process": self.all_gather(held),
+        }
+        return model, tok, loading
 
     def forwards(self, items: Sequence) -> list[tuple[Any, bool]]:
         """Round-robin share of ``items`` (``items[rank::world]``) as ``(item, keep)`` pairs.
@@ -677,6 +757,24 @@ def _full(t: torch.Tensor) -> torch.Tensor:
     from torch.distributed.tensor import DTensor
 
     return t.full_tensor() if isinstance(t, DTensor) else t
+
+
+def _to_meta_(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Swap every parameter and buffer of ``model`` for a meta tensor in place (ties stay ties:
+    one meta tensor per tensor object; ``requires_grad`` kept) and return the real ones by name,
+    each tied tensor once under its first name (as ``named_parameters`` lists it)."""
+    real = dict(model.named_parameters()) | dict(model.named_buffers())
+    memo: dict[int, torch.Tensor] = {}
+    for module in model.modules():
+        for key, p in module._parameters.items():
+            if p is not None:
+                empty = torch.empty_like(p, device="meta")
+                new = torch.nn.Parameter(empty, requires_grad=p.requires_grad)
+                module._parameters[key] = memo.setdefault(id(p), new)
+        for key, b in module._buffers.items():
+            if b is not None:
+                module._buffers[key] = memo.setdefault(id(b), torch.empty_like(b, device="meta"))
+    return real
 
 
 def unsharded_class(cls: type) -> type:

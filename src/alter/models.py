@@ -168,43 +168,62 @@ def load_model(
     *,
     dtype: torch.dtype = torch.float32,
     seed: int = 0,
+    meta: bool = False,
 ):
-    """Return ``(model, tokenizer)`` in eval mode; see the module docstring for what is accepted."""
+    """Return ``(model, tokenizer)`` in eval mode; see the module docstring for what is accepted.
+
+    ``meta``: the same model built from its config on the meta device, its parameters and
+    buffers shapes without storage (no weights read or made); under FSDP the processes other
+    than rank 0 load it so, and :meth:`alter.distributed.Runtime.shard` fills their shards from
+    rank 0's weights."""
     name = str(name_or_path)
     if name in TINY_SPECS:
-        return build_tiny_model(name, seed=seed, dtype=dtype)
+        return build_tiny_model(name, seed=seed, dtype=dtype, meta=meta)
     if name == DEFAULT_MODEL:
-        return _load_dir(ensure_smollm2(), dtype)
+        return _load_dir(ensure_smollm2(), dtype, meta)
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
             raise ModelError(f"{path}: not a Hugging Face model directory (no config.json)")
-        return _load_dir(path, dtype)
+        return _load_dir(path, dtype, meta)
     if name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise ModelError(
             f"unknown model '{name}': not an alias ({', '.join(ALIASES)}), not an existing "
             "directory, and not a hub id of the form owner/name"
         )
-    return _load_hub(name, dtype)
+    return _load_hub(name, dtype, meta)
 
 
-def _load_dir(path: Path, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _load_dir(path: Path, dtype: torch.dtype, meta: bool = False):
+    from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(path)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        model = _from_pretrained(path, dtype, meta)
     except (OSError, ValueError) as e:
         raise ModelError(f"{path}: cannot load model ({_first_line(e)})") from None
     return _prepare(model, tok)
 
 
-def _load_hub(name: str, dtype: torch.dtype):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+def _from_pretrained(source: str | Path, dtype: torch.dtype, meta: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+
+    if not meta:
+        return AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(source), dtype=dtype)
+    # Generation settings as from_pretrained reads them (every process must stop alike).
+    with contextlib.suppress(OSError):
+        model.generation_config = GenerationConfig.from_pretrained(source)
+    return model
+
+
+def _load_hub(name: str, dtype: torch.dtype, meta: bool = False):
+    from transformers import AutoTokenizer
 
     try:
         tok = AutoTokenizer.from_pretrained(name)
-        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype)
+        model = _from_pretrained(name, dtype, meta)
     except Exception as e:  # offline, missing repo, gated repo: all surface differently
         raise ModelError(
             f"cannot load '{name}' from the Hugging Face hub ({_first_line(e)}). Offline? Use "
@@ -296,9 +315,14 @@ def build_tiny_tokenizer(chat_template: bool):
 
 
 def build_tiny_model(
-    name: str = "tiny-llama", *, seed: int = 0, dtype: torch.dtype = torch.float32
+    name: str = "tiny-llama",
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    meta: bool = False,
 ):
-    """A random-initialised tiny causal LM (seeded, without touching the global RNG) + tokenizer."""
+    """A random-initialised tiny causal LM (seeded, without touching the global RNG) + tokenizer;
+    ``meta``: built on the meta device (see :func:`load_model`)."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
 
     try:
@@ -334,7 +358,8 @@ def build_tiny_model(
             pad_token_id=tok.pad_token_id,
             **common,
         )
-    with torch.random.fork_rng(devices=[]):
+    on_meta = torch.device("meta") if meta else contextlib.nullcontext()
+    with torch.random.fork_rng(devices=[]), on_meta:
         torch.manual_seed(seed)
         model = AutoModelForCausalLM.from_config(cfg, dtype=dtype)
     return _prepare(model, tok)

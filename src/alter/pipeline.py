@@ -51,7 +51,7 @@ def finetune_and_save(
     rt = launch_runtime(cfg.mixed_precision)
     check_fsdp(rt, training)
     progress = progress and rt.is_main
-    model, tok = load_model(model_name, seed=cfg.seed, dtype=dtype)
+    model, tok, loading = rt.load_model(model_name, training, dtype=dtype, seed=cfg.seed)
     _place(model, rt)
     result: dict = {
         "model": model_name,
@@ -60,6 +60,7 @@ def finetune_and_save(
         "config": asdict(cfg),
         "processes": rt.world,
         **rt.sharding,
+        **loading,
     }
     if evaluate:
         with sharded_eval(rt):
@@ -346,8 +347,9 @@ def unlearn_and_save(
     rt = launch_runtime(train_cfg.mixed_precision)
     check_fsdp(rt, method)
     progress = progress and rt.is_main
-    model, tok = load_model(model_name, dtype=dtype)
-    _place(model, rt)
+    model, tok, loading = rt.load_model(model_name, method, dtype=dtype)
+    if not rt.loads_into_shards(method):  # loaded into shards: filled on the device
+        _place(model, rt)
     resolved = {
         "method": method,
         "model": model_name,
@@ -381,6 +383,7 @@ def unlearn_and_save(
                 model_name,
                 resume_dir,
                 runtime=rt,
+                loading=loading,
             )
         else:
             from alter.methods.loop import run_method
@@ -398,6 +401,7 @@ def unlearn_and_save(
                 progress=progress,
                 runtime=rt,
             )
+            summary.update(loading)
             with rt.full_state_dict(m.result()):  # FSDP: gathered on rank 0 (all enter)
                 if rt.is_main:
                     m.save(tmp, tok)
@@ -471,6 +475,7 @@ def _run_alter(
     resume_dir=None,
     *,
     runtime: Runtime | None = None,
+    loading: dict | None = None,
 ):
     from safetensors.torch import save_file
 
@@ -500,5 +505,5 @@ def _run_alter(
         "forget_labels": summary["forget_labels"],
     }
     write_json(tmp / "subdomains.json", subdomains)
-    write_json(tmp / "summary.json", summary)
+    write_json(tmp / "summary.json", {**summary, **(loading or {})})
     return am
