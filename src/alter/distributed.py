@@ -31,7 +31,10 @@ across strategies and process counts. That covers the full-parameter trainings
 the same groups, and its forwards run a truncated block list rather than stopping by an
 exception, so every group entered is left). The frozen references of NPO_KL and RMU are sharded
 as well (:meth:`Runtime.frozen_copy`: built on the meta device, sharded, then filled, so no
-process ever holds a second full copy).
+process ever holds a second full copy). The model itself is loaded into its shards the same way
+for :data:`LOAD_INTO_SHARDS` (:meth:`Runtime.load_model`): only rank 0 reads the weights, the
+other processes build the model on the meta device, and :meth:`Runtime.shard` fills every
+process's shards from rank 0's copy by broadcast, one tensor at a time.
 
 For the adapter methods (:data:`ADAPTER_FSDP_METHODS`: ALTER, LoRA, AsymLoRA, ELM and
 ``finetune --mode lora``) what must be
