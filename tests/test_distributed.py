@@ -101,7 +101,7 @@ def _launch(
         *args,
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TQDM_DISABLE": "1"}
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     if check:
         assert res.returncode == 0, res.stderr[-3000:]
     return res

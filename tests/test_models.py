@@ -50,6 +50,27 @@ def test_save_and_reload_local_directory(tmp_path, tiny_llama):
     assert tok2.chat_template == tok.chat_template
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_meta_load_has_the_loaded_models_shapes_and_no_storage(tmp_path, tiny_llama, dtype):
+    """What an FSDP process other than rank 0 loads (``meta=True``): the model's parameters and
+    buffers with their names, shapes and dtypes, on the meta device, ties kept; from a directory
+    and for a tiny model."""
+    model, tok = tiny_llama
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    for name in (str(tmp_path), "tiny-llama"):
+        real, _ = load_model(name, dtype=dtype)
+        empty, _ = load_model(name, dtype=dtype, meta=True)
+        both = [
+            {n: (t.shape, t.dtype) for n, t in [*m.named_parameters(), *m.named_buffers()]}
+            for m in (real, empty)
+        ]
+        assert both[0] == both[1]
+        assert all(t.is_meta for t in [*empty.parameters(), *empty.buffers()])
+        assert empty.lm_head.weight is empty.model.embed_tokens.weight
+        assert empty.generation_config.to_dict() == real.generation_config.to_dict()
+
+
 @pytest.mark.parametrize(
     "name, message",
     [
