@@ -1,7 +1,8 @@
 """The measurements behind docs/SCALING.md, all on CPU with random models built from configs
-(nothing is downloaded, SmolLM2 is not touched):
+(nothing is downloaded; only ``--smollm2`` loads the embedded SmolLM2):
 
     python bench/scaling_measure.py > docs/scaling_measure.json
+    python bench/scaling_measure.py --smollm2 > docs/scaling_smollm2.json   # the fits vs SmolLM2
 
 1. ``adapters``: ALTER adapter parameters, counted on Llama-3.2-1B / 3.1-8B / 3.1-70B shaped
    models built on the meta device (no memory), next to the closed-form count of SCALING.md.
@@ -21,6 +22,7 @@ import json
 import resource
 import subprocess
 import sys
+from pathlib import Path
 
 import torch
 
@@ -117,7 +119,9 @@ def _batch(b, t, vocab, gen):
     }
 
 
-def activations(shape: dict, b: int, t: int, gc: bool) -> dict:
+def activations(shape: dict, b: int, t: int, gc: bool, make_model=None) -> dict:
+    """Saved-for-backward bytes of one ALTER Stage II micro-step and one GD step on a model of
+    ``shape`` (random weights from its config, or ``make_model()``: e.g. the real SmolLM2)."""
     from transformers import AutoModelForCausalLM
 
     from alter.adapters.config import AlterConfig
@@ -128,11 +132,16 @@ def activations(shape: dict, b: int, t: int, gc: bool) -> dict:
     from alter.models import enable_gradient_checkpointing
 
     gen = torch.Generator().manual_seed(0)
-    cfg = llama_config(**shape, tie=True)
+    if make_model is None:
+        cfg = llama_config(**shape, tie=True)
+
+        def make_model():
+            return AutoModelForCausalLM.from_config(cfg)
+
     res = {}
     torch.manual_seed(0)
     # ALTER Stage II: forget pass (oracle expert) + retain pass + router, the base frozen.
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = make_model()
     am = AlterModel(model, AlterConfig(n_forget_experts=2), threshold=1.0)
     if gc:
         am.enable_gradient_checkpointing()
@@ -147,7 +156,7 @@ def activations(shape: dict, b: int, t: int, gc: bool) -> dict:
         list(am.parameters()),
     )
     # GD: one full-parameter step (forget + retain forward).
-    model = AutoModelForCausalLM.from_config(cfg)
+    model = make_model()
     if gc:
         enable_gradient_checkpointing(model)
     gd = GD()
@@ -246,8 +255,48 @@ def fit(acts: list[dict], key: str, gc: bool) -> dict:
     }
 
 
+def smollm2(fits: dict, b: int = 2, t: int = 128) -> dict:
+    """The activation formulas (``fits``: the ``fit`` of a full run) against the real
+    SmolLM2-135M-Instruct (its weights and config; the embedded default model), both passes of
+    ``b`` rows x ``t`` tokens, with and without gradient checkpointing."""
+    import numpy as np
+
+    from alter.models import load_model
+
+    def make_model():
+        return load_model("smollm2-135m")[0]
+
+    c = make_model().config
+    shape = dict(
+        hidden=c.hidden_size,
+        inter=c.intermediate_size,
+        layers=c.num_hidden_layers,
+        heads=c.num_attention_heads,
+        kv=c.num_key_value_heads,
+        vocab=c.vocab_size,
+    )
+    out = {"shape": shape, "B": b, "T": t}
+    for gc in (False, True):
+        measured = activations(shape, b, t, gc, make_model)
+        for key, value in measured.items():
+            name = f"{key}{'_gc' if gc else ''}"
+            coef = fits[name]["coef_bytes_per_token"]
+            predicted = float(np.dot([coef[f] for f in FEATURES], _features(shape))) * b * t
+            out[name] = {
+                "measured_bytes": value,
+                "predicted_bytes": round(predicted),
+                "predicted_over_measured": round(predicted / value, 4),
+            }
+    return out
+
+
 def main() -> None:
     torch.set_num_threads(1)
+    if sys.argv[1:] == ["--smollm2"]:
+        # The formulas of the last full run, checked on the embedded model.
+        fits = json.loads(Path("docs/scaling_measure.json").read_text())["fit"]
+        print(json.dumps(smollm2(fits), indent=1))
+        return
     out = {"adapters": adapters()}
     acts = []
     for shape in ACT_SHAPES:
