@@ -498,12 +498,13 @@ def _assert_fsdp_run(one: Path, two: Path, weights: str, summary: str) -> None:
     "method, opts",
     [
         ("gd", GD_OPTS),
+        ("npo", GD_OPTS),  # its reference pass runs on the shards (loaded into them)
         ("npo_kl", GD_OPTS),
         # RMU steers block 2 of 4 and trains the down projections of blocks 0-2: its forwards
         # run blocks 0-2 only, the other weights are sharded frozen in the same FSDP groups.
         ("rmu", {**GD_OPTS, "layer": 2}),
     ],
-    ids=["gd", "npo_kl", "rmu"],
+    ids=["gd", "npo", "npo_kl", "rmu"],
 )
 def test_fsdp_matches_one_process(tmp_path, synth, method, opts):
     _single(synth, tmp_path / "one", method, opts)
@@ -653,11 +654,42 @@ def test_fsdp_alter_matches_one_process(tmp_path, synth, base_dtype):
     assert torch.equal(a, b)  # from the gathered pre-pass cache: bit-identical
 
 
-def test_fsdp_lora_matches_one_process(tmp_path, synth):
-    """peft LoRA injected into the sharded base (its NPO reference pass runs every row on every
-    process)."""
-    _single(synth, tmp_path / "one", "lora", GD_OPTS)
-    _launch(*_unlearn_args(synth, tmp_path / "two", "lora", GD_OPTS), config=FSDP)
+# Adapter methods write their adapters only, whole on every process: saving must not gather the
+# sharded base (a full copy of the model on rank 0). Launched through this script, any whole-model
+# gather fails the run (measured: with the gather back in pipeline.py, these tests fail there).
+NO_BASE_GATHER = """
+import sys
+
+import torch.distributed.checkpoint.state_dict as sd
+
+from alter.cli import main
+
+
+def refused(*args, **kwargs):
+    raise AssertionError("the sharded base was gathered to save an adapter")
+
+
+sd.get_model_state_dict = refused
+sys.exit(main())
+"""
+
+
+def _launch_adapter_fsdp(tmp_path: Path, args: list[str]) -> None:
+    script = tmp_path / "no_base_gather.py"
+    script.write_text(NO_BASE_GATHER)
+    _launch(*args, config=FSDP, script=script)
+
+
+@pytest.mark.parametrize(
+    "method, opts",
+    [("lora", GD_OPTS), ("asymlora", GD_OPTS)],
+    ids=["lora", "asymlora"],
+)
+def test_fsdp_lora_matches_one_process(tmp_path, synth, method, opts):
+    """peft LoRA (its NPO reference pass runs every row on every process) and AsymLoRA (routed
+    heads) injected into the sharded base; saved without gathering the base."""
+    _single(synth, tmp_path / "one", method, opts)
+    _launch_adapter_fsdp(tmp_path, _unlearn_args(synth, tmp_path / "two", method, opts))
     _assert_same_run(tmp_path / "one", tmp_path / "two", "adapter_model.safetensors")
     _assert_same_adapter_files(tmp_path / "one", tmp_path / "two")
 
@@ -667,7 +699,7 @@ def test_fsdp_elm_matches_one_process(tmp_path, synth):
     adapter-off forwards of every step run on every process alike."""
     opts = {**GD_OPTS, "consistency_tokens": 4}
     _single(synth, tmp_path / "one", "elm", opts)
-    _launch(*_unlearn_args(synth, tmp_path / "two", "elm", opts), config=FSDP)
+    _launch_adapter_fsdp(tmp_path, _unlearn_args(synth, tmp_path / "two", "elm", opts))
     _assert_same_run(tmp_path / "one", tmp_path / "two", "adapter_model.safetensors")
     _assert_same_adapter_files(tmp_path / "one", tmp_path / "two")
     for key in ("erase_ce", "retain_kl", "consistency_nll"):

@@ -5,7 +5,21 @@ am, tok = alter.unlearn("path/to/target", forget="forget.jsonl", retain="retain.
 am, tok = alter.load("path/to/target", adapter="runs/x")
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+
+class _NoCpuAcceleratorNotice(logging.Filter):
+    """DeepSpeed, imported by transformers/accelerate whenever it is installed, warns "Setting
+    accelerator to CPU" on every machine without a GPU, even for runs that never use it. Only
+    that one record is dropped (its other warnings stay)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Setting accelerator to CPU")
+
+
+logging.getLogger("DeepSpeed").addFilter(_NoCpuAcceleratorNotice())
 
 __all__ = ["__version__", "load", "unlearn"]
 

@@ -216,10 +216,10 @@ class FSDPOptions:
 
 
 # The trainings whose weights nothing reads before :meth:`Runtime.shard` (or ``shard_frozen``)
-# fills the shards: under FSDP only rank 0 reads them (:meth:`Runtime.load_model`). Not yet the
-# others: NPO's and NPO_KL's reference pass, RMU's frozen copy and finetune's first evaluation
-# run the whole model before it is sharded.
-LOAD_INTO_SHARDS = ("alter", "lora", "asymlora", "elm", "ga", "gd", "simnpo")
+# fills the shards: under FSDP only rank 0 reads them (:meth:`Runtime.load_model`); NPO's
+# reference pass runs on the shards. Not yet the others: NPO_KL's and RMU's frozen copies are
+# made from the whole model, finetune's first evaluation runs it before it is sharded.
+LOAD_INTO_SHARDS = ("alter", "lora", "asymlora", "elm", "ga", "gd", "simnpo", "npo")
 
 
 # What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's

@@ -402,7 +402,10 @@ def unlearn_and_save(
                 runtime=rt,
             )
             summary.update(loading)
-            with rt.full_state_dict(m.result()):  # FSDP: gathered on rank 0 (all enter)
+            # FSDP: a full model is gathered on rank 0 (every process enters); an adapter method
+            # writes only its adapters, whole on every process, so the sharded base stays put.
+            adapter_only = getattr(m, "saves_adapter_only", False)
+            with contextlib.nullcontext() if adapter_only else rt.full_state_dict(m.result()):
                 if rt.is_main:
                     m.save(tmp, tok)
                     write_json(tmp / "summary.json", summary)

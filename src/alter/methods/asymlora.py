@@ -146,6 +146,8 @@ class AsymLoRA:
     )
     default_lr = 1e-3
     uses_retain = True
+    # Writes its adapters only, which FSDP leaves whole on every process: no gather at save.
+    saves_adapter_only = True
     Config = AsymLoRAConfig
 
     def __init__(self, cfg: AsymLoRAConfig | None = None):

@@ -108,3 +108,21 @@ def save_full_model(model, tokenizer, out: Path, meta: dict) -> None:
     tokenizer.save_pretrained(out)
     meta = {**meta, "kind": "full"}
     (out / "alter_method.json").write_text(json.dumps(meta, indent=2, default=str) + "\n")
+
+
+def save_peft_adapter(model, out: Path, method: str, fingerprint: dict) -> None:
+    """A peft adapter result (LoRA, ELM): ``adapter_model.safetensors`` + ``adapter_config.json``
+    + ``alter_method.json`` (``method``, kind ``peft``, the base ``fingerprint``). Under FSDP the adapters are whole on every
+    process and only they are written, so this needs no gather of the sharded base: rank 0 calls
+    it alone."""
+    from alter.distributed import unsharded_class
+
+    base = type(model.get_base_model())
+    own = unsharded_class(base)
+    if own is not base:
+        # FSDP2 swaps in a subclass of the model's class, whose name peft would record in
+        # adapter_config.json: record the model's own class, as a single process does.
+        model._get_base_model_class = lambda is_prompt_tuning=False: own
+    model.save_pretrained(out, safe_serialization=True)
+    meta = {"method": method, "kind": "peft", **fingerprint}
+    (out / "alter_method.json").write_text(json.dumps(meta, indent=2) + "\n")

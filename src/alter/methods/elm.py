@@ -43,7 +43,6 @@ forwards (setup's generation runs every forget row everywhere; each step runs th
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +50,9 @@ from pathlib import Path
 import torch
 
 from alter.adapters.config import DEFAULT_TARGETS
-from alter.adapters.io import METHOD_META, base_fingerprint
+from alter.adapters.io import base_fingerprint
 from alter.adapters.model import target_names
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_qa, to_device
-from alter.distributed import unsharded_class
 from alter.losses import (
     batch_mean,
     elm_target_logprobs,
@@ -64,7 +62,7 @@ from alter.losses import (
     soft_cross_entropy,
     token_kl,
 )
-from alter.methods.common import logits
+from alter.methods.common import logits, save_peft_adapter
 from alter.models import eval_mode
 
 
@@ -234,6 +232,8 @@ class ELM:
     description = "LoRA toward the model's expert/novice-contrast target + retain KL + fluency"
     default_lr = 1e-4
     uses_retain = True
+    # Writes its adapters only, which FSDP leaves whole on every process: no gather at save.
+    saves_adapter_only = True
     Config = ELMConfig
 
     def __init__(self, cfg: ELMConfig | None = None):
@@ -325,12 +325,4 @@ class ELM:
         return self.model
 
     def save(self, out: Path, tokenizer) -> None:
-        base = type(self.model.get_base_model())
-        own = unsharded_class(base)
-        if own is not base:
-            # FSDP2 swaps in a subclass of the model's class, whose name peft would record in
-            # adapter_config.json: record the model's own class, as a single process does.
-            self.model._get_base_model_class = lambda is_prompt_tuning=False: own
-        self.model.save_pretrained(out, safe_serialization=True)
-        meta = {"method": self.name, "kind": "peft", **self.base_fingerprint}
-        (out / METHOD_META).write_text(json.dumps(meta, indent=2) + "\n")
+        save_peft_adapter(self.model, out, self.name, self.base_fingerprint)

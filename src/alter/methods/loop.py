@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 from alter.data.collate import Collator, Encoded, encode_rows, to_device
 from alter.distributed import (
     ADAPTER_FSDP_METHODS,
+    LOAD_INTO_SHARDS,
     Runtime,
     ScaleOptions,
     check_fsdp,
@@ -123,6 +124,8 @@ class Method(Protocol):
     description: ClassVar[str]
     default_lr: ClassVar[float]
     uses_retain: ClassVar[bool]  # False: the loop does not build retain batches
+    # Optional ``saves_adapter_only = True``: ``save`` writes adapters only (whole on every
+    # process under FSDP), so the pipeline gathers none of the sharded base before it.
 
     def setup(self, ctx: Context) -> None: ...
 
@@ -238,12 +241,18 @@ def run_method(
         # every process (their gradients are all-reduced); setup's forwards run every row on
         # every process, so the processes enter the same all-gathers.
         rt.shard_frozen(model)
+    shard_first = rt.fsdp is not None and not adapter_fsdp and method.name in LOAD_INTO_SHARDS
+    if shard_first:
+        # A model loaded into its shards is sharded (filled) before setup, so it is never
+        # whole; setup's forwards (NPO's reference pass) run every row on every process.
+        rt.shard(model)
     method.setup(ctx)
     params = method.trainable()
     if not params:
         raise TrainingError(f"method '{method.name}' has no trainable parameters on this model")
     named = _trainable_names(method, params)
-    if rt.fsdp is not None and not adapter_fsdp:
+    if rt.fsdp is not None and not adapter_fsdp and not shard_first:
+        # NPO_KL, RMU: setup copied the whole model into their sharded frozen reference; now
         # FSDP replaces every parameter of the model by its shard: train those.
         rt.shard(method.result())
         named = {n: p for n, p in method.result().named_parameters() if n in named}

@@ -12,14 +12,19 @@ that ``alter.load(model, adapter=RUN)`` and ``--adapter RUN`` read.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from alter.adapters.config import DEFAULT_TARGETS
 from alter.adapters.model import target_names
-from alter.distributed import unsharded_class
-from alter.methods.common import FORGET_LOSSES, forget_term, logits, retain_nll, sequence_logprobs
+from alter.methods.common import (
+    FORGET_LOSSES,
+    forget_term,
+    logits,
+    retain_nll,
+    save_peft_adapter,
+    sequence_logprobs,
+)
 
 
 @dataclass
@@ -48,6 +53,8 @@ class LoRA:
     description = "peft LoRA (r 8, all projections) with a GA / NPO / IHL forget loss + retain NLL"
     default_lr = 1e-4
     uses_retain = True
+    # Writes its adapters only, which FSDP leaves whole on every process: no gather at save.
+    saves_adapter_only = True
     Config = LoRAConfig
 
     def __init__(self, cfg: LoRAConfig | None = None):
@@ -91,12 +98,4 @@ class LoRA:
         return self.model
 
     def save(self, out: Path, tokenizer) -> None:
-        base = type(self.model.get_base_model())
-        own = unsharded_class(base)
-        if own is not base:
-            # FSDP2 swaps in a subclass of the model's class, whose name peft would record in
-            # adapter_config.json: record the model's own class, as a single process does.
-            self.model._get_base_model_class = lambda is_prompt_tuning=False: own
-        self.model.save_pretrained(out, safe_serialization=True)
-        meta = {"method": self.name, "kind": "peft", **self.base_fingerprint}
-        (out / "alter_method.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_peft_adapter(self.model, out, self.name, self.base_fingerprint)
