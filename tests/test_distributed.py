@@ -544,6 +544,8 @@ def test_fsdp_finetune_matches_one_process(tmp_path, synth):
 
 def _assert_fsdp_finetune(one: Path, two: Path) -> None:
     _assert_fsdp_run(one, two, "model.safetensors", "finetune_summary.json")
+    # Loaded into the shards (full and --mode lora): the first evaluation runs on them.
+    _assert_loaded_into_shards(json.loads((two / "finetune_summary.json").read_text()), "finetune")
 
 
 def _finetune_matches_one(synth, tmp_path, opts: dict, config, assert_run) -> dict:

@@ -217,9 +217,20 @@ class FSDPOptions:
 
 # The trainings whose weights nothing reads before :meth:`Runtime.shard` (or ``shard_frozen``)
 # fills the shards: under FSDP only rank 0 reads them (:meth:`Runtime.load_model`); NPO's
-# reference pass runs on the shards. Not yet the others: NPO_KL's and RMU's frozen copies are
-# made from the whole model, finetune's first evaluation runs it before it is sharded.
-LOAD_INTO_SHARDS = ("alter", "lora", "asymlora", "elm", "ga", "gd", "simnpo", "npo")
+# reference pass and finetune's first evaluation run on the shards. Not yet NPO_KL and RMU:
+# their frozen copies are made from the whole model.
+LOAD_INTO_SHARDS = (
+    "alter",
+    "lora",
+    "asymlora",
+    "elm",
+    "ga",
+    "gd",
+    "simnpo",
+    "npo",
+    "finetune",
+    "finetune --mode lora",
+)
 
 
 # What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's

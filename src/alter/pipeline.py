@@ -52,7 +52,8 @@ def finetune_and_save(
     check_fsdp(rt, training)
     progress = progress and rt.is_main
     model, tok, loading = rt.load_model(model_name, training, dtype=dtype, seed=cfg.seed)
-    _place(model, rt)
+    if not rt.loads_into_shards(training):  # loaded into shards: filled on the device
+        _place(model, rt)
     result: dict = {
         "model": model_name,
         "data": rows.source,
@@ -62,11 +63,17 @@ def finetune_and_save(
         **rt.sharding,
         **loading,
     }
-    if evaluate:
-        with sharded_eval(rt):
+
+    def evaluate_before(placed) -> None:
+        # Run by finetune once the model is placed (under FSDP: sharded, and then every process
+        # evaluates every row, as for eval_after), before training or a resumed checkpoint.
+        t = time.perf_counter()
+        with sharded_eval(rt) if rt.fsdp is None else contextlib.nullcontext():
             result["eval_before"] = summarise(
-                qa_metrics(model, tok, rows, generate=False, progress=progress)
+                qa_metrics(placed, tok, rows, generate=False, progress=progress)
             )
+        result["eval_before_seconds"] = time.perf_counter() - t
+
     meta = {"command": "finetune", "alter": __version__}
     with run_dir(out, rt, overwrite=overwrite, resume=resume, meta=meta) as tmp:
         rt.barrier()  # rank 0 has made the partial directory
@@ -80,8 +87,9 @@ def finetune_and_save(
             resume_dir=tmp / RESUME_DIR,
             progress=progress,
             runtime=rt,
+            before_training=evaluate_before if evaluate else None,
         )
-        result["train_seconds"] = time.perf_counter() - t0
+        result["train_seconds"] = time.perf_counter() - t0 - result.get("eval_before_seconds", 0)
         if evaluate:
             # An FSDP (or ZeRO-3) model runs the same forwards on every process (each gathers
             # the weights block by block), so there every process evaluates every row.

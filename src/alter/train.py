@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -106,8 +107,13 @@ def finetune(
     resume_dir: Path | None = None,
     progress: bool = True,
     runtime: Runtime | None = None,
+    before_training: Callable[[torch.nn.Module], None] | None = None,
 ):
     """Train ``model`` on QA/text ``rows`` and return the trained (merged) model.
+
+    ``before_training(model)`` runs once the model is placed for training (under FSDP: sharded,
+    so a model loaded into its shards is never whole), before any adapter goes in and before a
+    checkpoint is resumed: the untrained model (the caller's first evaluation).
 
     With ``resume_dir``, resumable state (trainable weights, optimiser, scheduler, RNG, step) is
     saved there every ``cfg.checkpoint_every`` steps, and a run that finds it continues from it
@@ -138,15 +144,18 @@ def finetune(
     if cfg.gradient_checkpointing:
         enable_gradient_checkpointing(model)
     if cfg.mode == "lora":
-        from peft import LoraConfig, get_peft_model
-
         # FSDP: the frozen base is sharded before the adapters go in; they stay whole on every
         # process, their gradients summed by all_reduce_grads (a no-op otherwise).
         rt.shard_frozen(model)
-        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
-        model = get_peft_model(model, lora)
     else:
         rt.shard(model)  # FSDP: every parameter becomes its shard (a no-op otherwise)
+    if before_training is not None:
+        before_training(model)
+    if cfg.mode == "lora":
+        from peft import LoraConfig, get_peft_model
+
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, target_modules="all-linear")
+        model = get_peft_model(model, lora)
     named = {n: p for n, p in model.named_parameters() if p.requires_grad}
     params = list(named.values())
     check_trainable_float32(params, "finetune")
