@@ -60,7 +60,9 @@ turns an FSDP config into DDP, so it could not be tested here.
 
 **DeepSpeed ZeRO-2/3** (``configs/accelerate/deepspeed_zero{2,3}.yaml``): the full-parameter
 trainings (:data:`DEEPSPEED_METHODS`) in a DeepSpeed engine built by :mod:`alter.ds`, gradients
-summed, checkpoints in the single-process form; the other methods are refused with the reason.
+summed, checkpoints in the single-process form; the adapter methods and RMU run on the FSDP path
+(ZeRO-3) or the replica path (ZeRO-2) instead, with the memory per process the config asks for
+(:func:`runtime_for`).
 
 A plain ``alter ...`` is one process: :class:`Runtime` defaults to rank 0 of 1 on the CPU,
 :func:`sharing` is false and every caller keeps its own single-process expression, so
@@ -72,9 +74,10 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -233,25 +236,11 @@ LOAD_INTO_SHARDS = (
 )
 
 
-# What DeepSpeed ZeRO trains: the full-parameter trainings (the engine owns the whole model's
-# parameters; alter.ds). The adapter methods and the rest are refused with the reason.
+# What the DeepSpeed engine trains: the full-parameter trainings (the engine owns the whole
+# model's parameters; alter.ds). The rest (adapters on a frozen base, RMU's few weights) run under
+# a DeepSpeed config on alter's own paths with the per-process memory the config asks for
+# (:func:`runtime_for`).
 DEEPSPEED_METHODS = ("finetune", "ga", "gd", "npo", "npo_kl", "simnpo")
-_NOT_DEEPSPEED = {
-    "alter": "ZeRO flattens the trainable parameters into partitions and gives every one of them "
-    "a gradient on every step, so the forget experts a step does not use (grad=None, skipped by "
-    "AdamW in alter) would move with stale AdamW momentum; and the frozen base, what needs "
-    "sharding, is not the engine's to shard",
-    "lora": "the frozen base stays outside the engine's optimizer and peft's adapters are saved "
-    "from whole weights (not wired)",
-    "asymlora": "the frozen base stays outside the engine's optimizer and the adapters are saved "
-    "from whole weights (not wired)",
-    "rmu": "RMU trains a few of the model's weights and runs a truncated forward (the blocks up "
-    "to the steered one) next to a frozen reference kept outside the engine (not wired)",
-    "elm": "ELM runs its own peft model with adapters switched off and on, its frozen base "
-    "outside the engine's optimizer (not wired)",
-    "finetune --mode lora": "peft wraps the model and merges the adapters back after training "
-    "(not wired)",
-}
 
 
 @dataclass(frozen=True)
@@ -301,15 +290,8 @@ class DeepSpeedOptions:
 
 
 def check_fsdp(rt: Runtime, what: str) -> None:
-    """Refuse, before anything runs, a training FSDP (or DeepSpeed) does not cover (``what``: a
-    method name, ``finetune`` or ``finetune --mode lora``)."""
-    if rt.deepspeed is not None and what not in DEEPSPEED_METHODS:
-        reason = _NOT_DEEPSPEED.get(what, "not wired")
-        raise ConfigError(
-            f"DeepSpeed ZeRO runs {', '.join(DEEPSPEED_METHODS)} (full parameters); not {what}: "
-            f"{reason}. Run it with configs/accelerate/fsdp.yaml "
-            f"({', '.join(FSDP_METHODS)}) or configs/accelerate/ddp.yaml (every method)"
-        )
+    """Refuse, before anything runs, a training FSDP does not cover (``what``: a method name,
+    ``finetune`` or ``finetune --mode lora``)."""
     if rt.fsdp is None or what in FSDP_METHODS:
         return
     reason = _NOT_FSDP.get(what, "not wired")
@@ -318,6 +300,45 @@ def check_fsdp(rt: Runtime, what: str) -> None:
         f"{', '.join(ADAPTER_FSDP_METHODS)} (sharded base); not {what}: {reason}. Run it "
         "with configs/accelerate/ddp.yaml (one replica per process, every method)"
     )
+
+
+def runtime_for(rt: Runtime, what: str) -> Runtime:
+    """The runtime ``what`` trains with (checked by :func:`check_fsdp` first).
+
+    Under a DeepSpeed config the full-parameter trainings (:data:`DEEPSPEED_METHODS`) get the
+    ZeRO engine. The others train a few parameters next to a frozen base: ALTER's experts (the
+    engine would give the experts a step does not use a zero gradient, and AdamW would move
+    them), the LoRA adapters, RMU's steered MLPs. What ZeRO partitions for them is what they run
+    on here, with the same memory per process: under ZeRO-3 the frozen base is sharded by FSDP2
+    (alter's FSDP path: the trainable parameters whole on every process, gradients summed);
+    under ZeRO-2, which partitions only gradients and optimizer state (for adapters a fraction of
+    a percent of the model), one replica per process with gradients summed (the DDP path). The
+    run's summary records both (``sharding``, ``launch_config``)."""
+    check_fsdp(rt, what)
+    if rt.deepspeed is None or what in DEEPSPEED_METHODS:
+        return rt
+    stage = rt.deepspeed.stage
+    mapped = replace(
+        rt,
+        deepspeed=None,
+        fsdp=FSDPOptions() if stage == 3 else None,
+        launch_config=f"deepspeed_zero{stage}",
+    )
+    if rt.is_main:
+        how = (
+            "the frozen base sharded by FSDP2 (what ZeRO-3 partitions), the trainable parameters "
+            "whole on every process"
+            if stage == 3
+            else "one replica per process (ZeRO-2 would partition only its gradients and "
+            "optimizer state, a fraction of a percent of the model)"
+        )
+        warnings.warn(
+            f"DeepSpeed ZeRO-{stage} config: the engine trains {', '.join(DEEPSPEED_METHODS)}; "
+            f"{what} trains with {how}, gradients summed (docs/SCALING.md)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return mapped
 
 
 def split(rows: Sequence[int], part: int, parts: int) -> list[int]:
@@ -384,6 +405,8 @@ class Runtime:
     accelerator: Any = None
     fsdp: FSDPOptions | None = None  # set: parameters sharded with FSDP2 (see the module doc)
     deepspeed: DeepSpeedOptions | None = None  # set: a DeepSpeed ZeRO engine trains (alter.ds)
+    # Set when a DeepSpeed config was mapped to alter's own path (:func:`runtime_for`).
+    launch_config: str | None = None
 
     @property
     def is_main(self) -> bool:
@@ -396,11 +419,12 @@ class Runtime:
     @property
     def sharding(self) -> dict:
         """What a run summary records of the sharding (nothing for replicas)."""
+        launched = {"launch_config": self.launch_config} if self.launch_config else {}
         if self.fsdp is not None:
-            return {"sharding": "fsdp"}
+            return {"sharding": "fsdp", **launched}
         if self.deepspeed is not None:
             return {"sharding": f"deepspeed_zero{self.deepspeed.stage}"}
-        return {}
+        return launched
 
     @property
     def shards_parameters(self) -> bool:

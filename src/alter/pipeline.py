@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from alter import __version__
-from alter.distributed import Runtime, check_fsdp, launch_runtime, sharded_eval
+from alter.distributed import Runtime, launch_runtime, runtime_for, sharded_eval
 from alter.evals.qa import as_dicts, qa_metrics, summarise
 from alter.models import alter_home, check_base_dtype, load_model
 from alter.runs import RESUME_DIR, is_complete, partial_dir, run_dir, write_json
@@ -49,7 +49,7 @@ def finetune_and_save(
     training = "finetune" if cfg.mode == "full" else "finetune --mode lora"
     dtype = check_base_dtype(cfg.base_dtype, training)  # refuses bfloat16, before any loading
     rt = launch_runtime(cfg.mixed_precision)
-    check_fsdp(rt, training)
+    rt = runtime_for(rt, training)
     progress = progress and rt.is_main
     model, tok, loading = rt.load_model(model_name, training, dtype=dtype, seed=cfg.seed)
     if not rt.loads_into_shards(training):  # loaded into shards: filled on the device
@@ -353,7 +353,7 @@ def unlearn_and_save(
     forget_rows, retain_rows = _rows(forget), _rows(retain)
     warn_all(check_forget_retain(forget_rows, retain_rows))
     rt = launch_runtime(train_cfg.mixed_precision)
-    check_fsdp(rt, method)
+    rt = runtime_for(rt, method)
     progress = progress and rt.is_main
     model, tok, loading = rt.load_model(model_name, method, dtype=dtype)
     if not rt.loads_into_shards(method):  # loaded into shards: filled on the device

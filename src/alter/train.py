@@ -31,9 +31,9 @@ from alter.distributed import (
     Runtime,
     ScaleOptions,
     add_full_,
-    check_fsdp,
     clip_grad_norm,
     launch_runtime,
+    runtime_for,
 )
 from alter.ds import start as deepspeed_engine
 from alter.losses import mean_token_nll
@@ -123,7 +123,7 @@ def finetune(
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
     rt = runtime or launch_runtime(cfg.mixed_precision)
-    check_fsdp(rt, "finetune" if cfg.mode == "full" else "finetune --mode lora")
+    rt = runtime_for(rt, "finetune" if cfg.mode == "full" else "finetune --mode lora")
     if not rt.is_main:
         log_path, progress = None, False
     torch.manual_seed(cfg.seed)

@@ -46,7 +46,7 @@ from alter.adapters.layer import AlterLinear, Route
 from alter.adapters.model import AlterModel, count_adapter_parameters, num_layers, target_names
 from alter.adapters.router import router_features
 from alter.data.collate import IGNORE_INDEX, Collator, Encoded, encode_rows, to_device
-from alter.distributed import Runtime, ScaleOptions, full_tensor, launch_runtime
+from alter.distributed import Runtime, ScaleOptions, full_tensor, launch_runtime, runtime_for
 from alter.entropy import adaptive_threshold, tsallis_entropy
 from alter.errors import ConfigError
 from alter.losses import (
@@ -655,7 +655,7 @@ def unlearn_alter(
 
     adapter_cfg = adapter_cfg or AlterConfig()
     tcfg = train_cfg or AlterTrainConfig()
-    rt = runtime or launch_runtime(tcfg.mixed_precision)
+    rt = runtime_for(runtime or launch_runtime(tcfg.mixed_precision), "alter")
     if not rt.is_main:
         log_path, checkpoint_dir, progress = None, None, False
     target_names(model, adapter_cfg.target_modules)  # fail before any expensive work
@@ -809,7 +809,7 @@ def unlearn_alter(
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
         "processes": rt.world,
-        **({"sharding": "fsdp"} if rt.fsdp is not None else {}),
+        **rt.sharding,
         "resumed_from": state or None,  # {"stage": 1|2, "step": N} of the checkpoint, if any
         "train_config": asdict(tcfg),
         "adapter_config": cfg.to_dict(),

@@ -39,10 +39,10 @@ from alter.distributed import (
     LOAD_INTO_SHARDS,
     Runtime,
     ScaleOptions,
-    check_fsdp,
     clip_grad_norm,
     launch_runtime,
     local_bytes,
+    runtime_for,
 )
 from alter.ds import start as deepspeed_engine
 from alter.errors import AlterError, ConfigError
@@ -222,7 +222,7 @@ def run_method(
     from alter.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, truncate_log
 
     rt = runtime or launch_runtime(cfg.mixed_precision)
-    check_fsdp(rt, method.name)
+    rt = runtime_for(rt, method.name)
     if not rt.is_main:
         log_path, progress = None, False
     torch.manual_seed(cfg.seed)
