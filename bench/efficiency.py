@@ -21,6 +21,7 @@ Measures, on the built-in benchmark's rows and the same batches for every conten
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import subprocess
@@ -40,8 +41,11 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def alter_stage_two(model_name, bench, steps, n_experts, seed=0) -> dict:
-    """Time ``steps`` Stage II steps with ``n_experts`` forget experts (oracle labels round-robin)."""
+def alter_stage_two(
+    model_name, bench, steps, n_experts, seed=0, around=contextlib.nullcontext
+) -> dict:
+    """Time ``steps`` Stage II steps with ``n_experts`` forget experts (oracle labels
+    round-robin); the timed steps run inside ``around()`` (bench/profile_step.py: a profiler)."""
     from alter.adapters.config import AlterConfig
     from alter.adapters.model import AlterModel, num_layers
     from alter.data.collate import encode_rows
@@ -74,20 +78,21 @@ def alter_stage_two(model_name, bench, steps, n_experts, seed=0) -> dict:
         progress=False,
         log=lambda r: None,
     )
-    t0 = time.perf_counter()
-    stage_two(
-        am,
-        f_enc,
-        f_cache,
-        labels,
-        r_enc,
-        r_cache,
-        tok.pad_token_id,
-        tcfg,
-        progress=False,
-        log=lambda r: None,
-    )
-    secs = time.perf_counter() - t0
+    with around():
+        t0 = time.perf_counter()
+        stage_two(
+            am,
+            f_enc,
+            f_cache,
+            labels,
+            r_enc,
+            r_cache,
+            tok.pad_token_id,
+            tcfg,
+            progress=False,
+            log=lambda r: None,
+        )
+        secs = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     return {
         "seconds": secs,

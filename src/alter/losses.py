@@ -22,16 +22,22 @@ def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits[:, :-1, :], labels[:, 1:]
 
 
+def _at(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (one per True position of ``mask``) placed into zeros of ``mask``'s shape."""
+    out = values.new_zeros(mask.shape)
+    out[mask] = values
+    return out
+
+
 def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Per-token negative log-likelihood ``(B, T-1)`` in float32, 0 where the label is ignored."""
+    """Per-token negative log-likelihood ``(B, T-1)`` in float32, 0 where the label is ignored.
+
+    The vocabulary-wide work runs on the supervised positions only (their rows of the logits are
+    gathered first): the same values, without a float32 copy of every position's logits."""
     lg, lb = shift(logits, labels)
     mask = lb != IGNORE_INDEX
-    nll = F.cross_entropy(
-        lg.float().reshape(-1, lg.size(-1)),
-        lb.clamp_min(0).reshape(-1),
-        reduction="none",
-    ).view_as(lb)
-    return nll * mask
+    nll = F.cross_entropy(lg[mask].float(), lb[mask], reduction="none")
+    return _at(mask, nll)
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -62,20 +68,25 @@ def batch_mean(values: torch.Tensor) -> torch.Tensor:
     return values.mean()
 
 
-def inverse_hinge(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def inverse_hinge(
+    logits: torch.Tensor, labels: torch.Tensor, where: torch.Tensor | None = None
+) -> torch.Tensor:
     """Per-token inverse hinge loss ``(B, T-1)``: ``1 + p(y) - max_{v != y} p(v)``, in ``[0, 2]``.
 
     Minimising it lowers the target token's probability and raises the runner-up's. Softmax in
-    float32; 0 where the label is ignored.
+    float32; 0 where the label is ignored and, given ``where`` ``(B, T-1)`` bool, where it is
+    False (the softmax then runs on those positions only: ALTER's IHL covers the low-entropy
+    answer tokens).
     """
     lg, lb = shift(logits, labels)
     mask = lb != IGNORE_INDEX
-    p = torch.softmax(lg.float(), dim=-1)
-    target = lb.clamp_min(0)
-    p_y = p.gather(-1, target[..., None]).squeeze(-1)
-    others = p.scatter(-1, target[..., None], -1.0)  # exclude y from the max
-    ihl = 1.0 + p_y - others.max(dim=-1).values
-    return ihl * mask
+    if where is not None:
+        mask = mask & where
+    p = torch.softmax(lg[mask].float(), dim=-1)  # (N, V): the selected positions only
+    target = lb[mask][:, None]
+    p_y = p.gather(-1, target).squeeze(-1)
+    others = p.scatter(-1, target, -1.0)  # exclude y from the max
+    return _at(mask, 1.0 + p_y - others.max(dim=-1).values)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

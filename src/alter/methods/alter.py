@@ -597,10 +597,14 @@ def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.T
     with am.routing(Route(oracle_expert=d, grad_retain=False, a_grad_mask=f_high)):
         f_logits = am.model(input_ids=fb["input_ids"], attention_mask=fb["attention_mask"]).logits
     with rt.weighted(part.forget_weight):
-        ihl = masked_mean(inverse_hinge(f_logits, fb["labels"]), (f_sup & ~f_high)[:, :-1])
-        valid = fb["attention_mask"].bool()
-        s_theta = tsallis_entropy(f_logits, am.cfg.q_struct)
-        struct = structural_invariance(s_theta, fb["struct"], f_high & valid)
+        ihl_at = (f_sup & ~f_high)[:, :-1]
+        ihl = masked_mean(inverse_hinge(f_logits, fb["labels"], where=ihl_at), ihl_at)
+        # S_q of the adapted model at the high-entropy positions only (the vocabulary-wide work
+        # on those rows; L_struct reads no other position).
+        high = f_high & fb["attention_mask"].bool()
+        s_theta = f_logits.new_zeros(high.shape, dtype=torch.float32)
+        s_theta[high] = tsallis_entropy(f_logits[high], am.cfg.q_struct)
+        struct = structural_invariance(s_theta, fb["struct"], high)
 
     # Retain pass: only B_r, A through high-entropy positions only.
     r_high = rb["entropy"] > am.threshold
