@@ -65,33 +65,15 @@ def alter_stage_two(
     tokens = sum(len(f_enc[i].input_ids) for _, f, _ in plan for i in f) + sum(
         len(r_enc[i].input_ids) for _, _, r in plan for i in r
     )
-    # one warm-up step, then the timed steps
-    stage_two(
-        am,
-        f_enc,
-        f_cache,
-        labels,
-        r_enc,
-        r_cache,
-        tok.pad_token_id,
-        AlterTrainConfig(epochs=1000, max_steps=1, checkpoint_every=None),
-        progress=False,
-        log=lambda r: None,
-    )
+
+    def run(cfg: AlterTrainConfig) -> None:
+        args = (am, f_enc, f_cache, labels, r_enc, r_cache, tok.pad_token_id, cfg)
+        stage_two(*args, progress=False, log=lambda r: None)
+
+    run(AlterTrainConfig(epochs=1000, max_steps=1, checkpoint_every=None))  # warm-up
     with around():
         t0 = time.perf_counter()
-        stage_two(
-            am,
-            f_enc,
-            f_cache,
-            labels,
-            r_enc,
-            r_cache,
-            tok.pad_token_id,
-            tcfg,
-            progress=False,
-            log=lambda r: None,
-        )
+        run(tcfg)
         secs = time.perf_counter() - t0
     n_params = sum(p.numel() for p in model.parameters())
     return {
