@@ -69,9 +69,16 @@ def main() -> None:
         ax.set_yscale("log")
         ax.set_xlabel("model utility (higher keeps more)")
         ax.set_ylabel("forget quality, KS p-value vs retain model (higher is better)")
-    for name, (x, y) in points.items():
+    placed: list[tuple[float, float]] = []
+    for name, (x, y) in sorted(points.items(), key=lambda kv: kv[1]):
         ax.scatter([x], [y], s=36, color="tab:red" if name == "alter" else "tab:blue")
-        ax.annotate(name, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=8)
+        # A label next to an already labelled point (same height, close by) goes below it.
+        near = any(
+            abs(x - px) < 0.04 and abs(y - py) <= 0.1 * max(abs(py), 1e-12) for px, py in placed
+        )
+        offset = (4, -10) if near else (4, 3)
+        ax.annotate(name, (x, y), textcoords="offset points", xytext=offset, fontsize=8)
+        placed.append((x, y))
     ax.set_title(args.title or ("built-in benchmark" if args.synthetic else "tofu-mini"))
     ax.grid(alpha=0.3)
     fig.tight_layout()
