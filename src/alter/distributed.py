@@ -311,8 +311,8 @@ def runtime_for(rt: Runtime, what: str) -> Runtime:
     them), the LoRA adapters, RMU's steered MLPs. What ZeRO partitions for them is what they run
     on here, with the same memory per process: under ZeRO-3 the frozen base is sharded by FSDP2
     (alter's FSDP path: the trainable parameters whole on every process, gradients summed);
-    under ZeRO-2, which partitions only gradients and optimizer state (for adapters a fraction of
-    a percent of the model), one replica per process with gradients summed (the DDP path). The
+    under ZeRO-2, which partitions only gradients and optimizer state (for adapters about 1% of
+    the model), one replica per process with gradients summed (the DDP path). The
     run's summary records both (``sharding``, ``launch_config``)."""
     check_fsdp(rt, what)
     if rt.deepspeed is None or what in DEEPSPEED_METHODS:
@@ -330,7 +330,7 @@ def runtime_for(rt: Runtime, what: str) -> Runtime:
             "whole on every process"
             if stage == 3
             else "one replica per process (ZeRO-2 would partition only its gradients and "
-            "optimizer state, a fraction of a percent of the model)"
+            "optimizer state, about 1% of the model)"
         )
         warnings.warn(
             f"DeepSpeed ZeRO-{stage} config: the engine trains {', '.join(DEEPSPEED_METHODS)}; "
