@@ -68,6 +68,29 @@ def test_inverse_hinge_bounds_and_gradient_direction():
     assert z.grad[0, 1, 2] > 0 and z.grad[0, 1, 1] < 0
 
 
+def test_inverse_hinge_where_computes_only_there_with_the_same_values_and_gradients():
+    """``where`` restricts the softmax to some positions: their values and the gradient through
+    them are those of the unrestricted loss; other positions are 0 and pass no gradient."""
+    torch.manual_seed(0)
+    logits = torch.randn(2, 5, 11)
+    labels = torch.randint(0, 11, (2, 5))
+    labels[0, 1] = IGNORE_INDEX
+    where = torch.tensor([[True, True, False, True], [False, True, True, False]])
+    a = logits.clone().requires_grad_(True)
+    b = logits.clone().requires_grad_(True)
+    full = inverse_hinge(a, labels)
+    part = inverse_hinge(b, labels, where=where)
+    keep = where & (labels[:, 1:] != IGNORE_INDEX)
+    torch.testing.assert_close(part, full * keep)
+    assert (part[~keep] == 0).all() and keep.sum() < keep.numel()
+    (full * keep).sum().backward()
+    part.sum().backward()
+    torch.testing.assert_close(b.grad, a.grad)
+    # Nothing selected: zeros, with a graph.
+    none = inverse_hinge(logits.requires_grad_(True), labels, where=torch.zeros_like(where))
+    assert none.shape == (2, 4) and (none == 0).all() and none.requires_grad
+
+
 def test_inverse_hinge_is_float32_for_half_inputs():
     ihl = inverse_hinge(logits_for(PROBS).to(torch.bfloat16), LABELS)
     assert ihl.dtype == torch.float32
