@@ -22,7 +22,7 @@ def shift(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, tor
     return logits[:, :-1, :], labels[:, 1:]
 
 
-def _at(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+def at_positions(mask: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``values`` (one per True position of ``mask``) placed into zeros of ``mask``'s shape."""
     out = values.new_zeros(mask.shape)
     out[mask] = values
@@ -37,7 +37,7 @@ def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     lg, lb = shift(logits, labels)
     mask = lb != IGNORE_INDEX
     nll = F.cross_entropy(lg[mask].float(), lb[mask], reduction="none")
-    return _at(mask, nll)
+    return at_positions(mask, nll)
 
 
 def sequence_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -86,7 +86,7 @@ def inverse_hinge(
     target = lb[mask][:, None]
     p_y = p.gather(-1, target).squeeze(-1)
     others = p.scatter(-1, target, -1.0)  # exclude y from the max
-    return _at(mask, 1.0 + p_y - others.max(dim=-1).values)
+    return at_positions(mask, 1.0 + p_y - others.max(dim=-1).values)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -50,6 +50,7 @@ from alter.distributed import Runtime, ScaleOptions, full_tensor, launch_runtime
 from alter.entropy import adaptive_threshold, tsallis_entropy
 from alter.errors import ConfigError
 from alter.losses import (
+    at_positions,
     inverse_hinge,
     masked_mean,
     router_cross_entropy,
@@ -602,8 +603,7 @@ def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.T
         # S_q of the adapted model at the high-entropy positions only (the vocabulary-wide work
         # on those rows; L_struct reads no other position).
         high = f_high & fb["attention_mask"].bool()
-        s_theta = f_logits.new_zeros(high.shape, dtype=torch.float32)
-        s_theta[high] = tsallis_entropy(f_logits[high], am.cfg.q_struct)
+        s_theta = at_positions(high, tsallis_entropy(f_logits[high], am.cfg.q_struct))
         struct = structural_invariance(s_theta, fb["struct"], high)
 
     # Retain pass: only B_r, A through high-entropy positions only.
