@@ -76,6 +76,12 @@ def test_muse_news_mini_end_to_end_and_resume(tmp_path, shared_data):
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(result))
     assert result["selection"]["verbmem"] == 3 and result["selection"]["knowmem_retain"] == 2
     assert (out / "data" / "muse" / "news" / "knowmem" / "retain_qa.json").is_file()
+    plot = _script("plot_tradeoff")
+    points = plot.muse_points(out)[0]
+    with_privleak = {t for t, m in result["models"].items() if m.get("privleak") is not None}
+    assert set(points) == with_privleak == {"target", "alter", "gd", "npo"}
+    assert plot.main(["--muse", str(out), "--out", str(tmp_path / "muse.png")]) == 4
+    assert (tmp_path / "muse.png").stat().st_size > 0
 
     before = _stamps(out)
     muse.main(argv)
@@ -138,6 +144,17 @@ def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
         (out / "runs" / "chained" / "gd" / "forget05" / "resolved_config.json").read_text()
     )
     assert Path(cfg["model"]) == out / "runs" / "chained" / "gd" / "forget01"
+
+    # The figure reads every evaluation on disk: both invocations, one panel per stage.
+    plot = _script("plot_tradeoff")
+    stages = plot.sequential_points(out)
+    assert list(stages) == ["forget01", "forget05"]
+    assert set(stages["forget05"]) == {"target", "alter", "gd", "chained gd"}
+    assert stages["forget05"]["gd"] == (
+        rows[("forget05", "gd")]["model_utility"],
+        rows[("forget05", "gd")]["forget_quality"],
+    )
+    assert plot.main(["--sequential", str(out), "--out", str(tmp_path / "seq.png")]) == 8
     for key, stamp in before.items():  # the target, retain model and their evaluations are reused
         if key.startswith(("target", "retain_model", "evals/target", "evals/retain_model")):
             assert (out / key).stat().st_mtime_ns == stamp

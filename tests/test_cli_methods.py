@@ -1,6 +1,7 @@
 """`alter unlearn --method NAME` for the baselines, `alter methods`, and the shipped configs."""
 
 import dataclasses
+import json
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,9 @@ def test_unlearn_gd_writes_a_model_and_generate_reads_it(tmp_path, synth_dir, ca
     )
     assert code == 0, err
     assert (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["peak_rss_mb"] <= summary["process_peak_rss_mb"] + 1
+    assert summary["tokens_per_second"] > 0
     code, stdout, err = run(
         ["generate", "--model", str(out), "-p", "Who is Ada?", "--max-new-tokens", "3"], capsys
     )

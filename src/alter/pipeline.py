@@ -17,6 +17,7 @@ from pathlib import Path
 from alter import __version__
 from alter.distributed import Runtime, launch_runtime, runtime_for, sharded_eval
 from alter.evals.qa import as_dicts, qa_metrics, summarise
+from alter.memory import PeakRSS
 from alter.models import alter_home, check_base_dtype, load_model
 from alter.runs import RESUME_DIR, is_complete, partial_dir, run_dir, write_json
 from alter.train import FinetuneConfig, finetune, save_model
@@ -397,19 +398,21 @@ def unlearn_and_save(
             from alter.methods.loop import run_method
 
             m = METHODS[method](m_cfg)
-            summary = run_method(
-                m,
-                model,
-                tok,
-                forget_rows,
-                retain_rows,
-                u_cfg,
-                log_path=tmp / "metrics.jsonl",
-                resume_dir=resume_dir,
-                progress=progress,
-                runtime=rt,
-            )
+            with PeakRSS() as mem:
+                summary = run_method(
+                    m,
+                    model,
+                    tok,
+                    forget_rows,
+                    retain_rows,
+                    u_cfg,
+                    log_path=tmp / "metrics.jsonl",
+                    resume_dir=resume_dir,
+                    progress=progress,
+                    runtime=rt,
+                )
             summary.update(loading)
+            summary.update(mem.record())
             # FSDP: a full model is gathered on rank 0 (every process enters); an adapter method
             # writes only its adapters, whole on every process, so the sharded base stays put.
             adapter_only = getattr(m, "saves_adapter_only", False)
@@ -493,19 +496,21 @@ def _run_alter(
     from alter.adapters.io import save_adapter
     from alter.methods.alter import unlearn_alter
 
-    am, summary = unlearn_alter(
-        model,
-        tok,
-        forget_rows,
-        retain_rows,
-        adapter_cfg=a_cfg,
-        train_cfg=t_cfg,
-        log_path=tmp / "metrics.jsonl",
-        checkpoint_dir=tmp / "checkpoints",
-        resume_dir=resume_dir,
-        progress=progress,
-        runtime=runtime,
-    )
+    with PeakRSS() as mem:
+        am, summary = unlearn_alter(
+            model,
+            tok,
+            forget_rows,
+            retain_rows,
+            adapter_cfg=a_cfg,
+            train_cfg=t_cfg,
+            log_path=tmp / "metrics.jsonl",
+            checkpoint_dir=tmp / "checkpoints",
+            resume_dir=resume_dir,
+            progress=progress,
+            runtime=runtime,
+        )
+    summary.update(mem.record())
     if runtime is not None and not runtime.is_main:
         return am
     save_adapter(am, tmp, extra={"base_model": model_name})

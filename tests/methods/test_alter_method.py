@@ -131,3 +131,29 @@ def test_router_fit_separates_forget_from_retain_tokens(bench, target):
 def test_router_fit_steps_must_not_be_negative():
     with pytest.raises(ValueError, match="router_fit_steps"):
         AlterTrainConfig(router_fit_steps=-1)
+
+
+def test_summary_counts_the_tokens_every_training_forward_reads(bench, target):
+    """``tokens`` (for tokens/s) = the tokens of every Stage I and II forward, counted here by a
+    hook on the model's forwards that build a graph (the pre-pass and the forget experts'
+    initialisation run without gradients and are not counted)."""
+    model, tok = load_model(str(target))
+    seen = []
+
+    def count(module, args, kwargs):
+        if torch.is_grad_enabled():
+            seen.append(int(kwargs["attention_mask"].sum()))
+
+    model.register_forward_pre_hook(count, with_kwargs=True)
+    _, summary = unlearn_alter(
+        model,
+        tok,
+        bench.forget,
+        bench.retain,
+        train_cfg=AlterTrainConfig(max_steps=3, stage1_max_steps=2),
+        progress=False,
+    )
+    assert len(seen) == 2 + 2 * 3  # Stage I: a retain forward; Stage II: forget + retain
+    assert summary["tokens"] == sum(seen)
+    assert 0 < summary["train_seconds"] < summary["seconds"]
+    assert summary["tokens_per_second"] == pytest.approx(sum(seen) / summary["train_seconds"])

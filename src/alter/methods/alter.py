@@ -414,7 +414,8 @@ def stage_one(
     log,
     runtime: Runtime | None = None,
 ):
-    """Train A (lr_A) and B_r (lr_B) on retain data, NLL on high-entropy tokens only."""
+    """Train A (lr_A) and B_r (lr_B) on retain data, NLL on high-entropy tokens only; return the
+    number of tokens trained on."""
     rt = runtime or Runtime()
     groups = am.parameter_groups()
     opt = torch.optim.AdamW(
@@ -428,17 +429,19 @@ def stage_one(
     if tcfg.stage1_max_steps is not None:
         total = min(total, tcfg.stage1_max_steps)
     if total == 0:
-        return
+        return 0
     am.train()
     k = tcfg.grad_accum
     params = groups["A"] + groups["B_r"]
     order: list[int] = []
+    tokens = 0
     for step in tqdm(range(total), desc="ALTER stage I", disable=not progress, unit="step"):
         if len(order) < tcfg.retain_batch_size:
             fresh = list(range(len(retain_enc)))
             rng.shuffle(fresh)
             order += fresh
         idx, order = order[: tcfg.retain_batch_size], order[tcfg.retain_batch_size :]
+        tokens += sum(len(retain_enc[i].input_ids) for i in idx)
         opt.zero_grad(set_to_none=True)
         loss_sum, high_tokens = 0.0, 0
         for part in rt.parts([], idx, k):
@@ -468,6 +471,7 @@ def stage_one(
                 "grad_norm": norms,
             }
         )
+    return tokens
 
 
 def forget_schedule(
@@ -765,10 +769,16 @@ def unlearn_alter(
                 {"stage": 2},
             )
 
-    total_two = len(stage_two_plan(labels, len(r_enc), tcfg))
+    plan_two = stage_two_plan(labels, len(r_enc), tcfg)
+    total_two = len(plan_two)
+    tokens, train_seconds = 0, 0.0
     try:
         if not state:
-            stage_one(am, r_enc, r_cache, pad, tcfg, progress=progress, log=log, runtime=rt)
+            t = time.perf_counter()
+            tokens += stage_one(
+                am, r_enc, r_cache, pad, tcfg, progress=progress, log=log, runtime=rt
+            )
+            train_seconds += time.perf_counter() - t
             if rt.is_main and resume_dir is not None:
                 save_checkpoint(resume_dir, 0, am.adapter_state_dict(), {}, {"stage": 1})
         stage2_tensors = tensors if state.get("stage") == 2 else None
@@ -782,6 +792,12 @@ def unlearn_alter(
             opt = stage_two_optimizer(am, tcfg)
             load_checkpoint(ckpt, {"stage2": opt})
             start = state["step"]
+        tokens += sum(
+            len(e.input_ids)
+            for _, f_idx, r_idx in plan_two[start:]
+            for e in [*(f_enc[i] for i in f_idx), *(r_enc[i] for i in r_idx)]
+        )
+        t = time.perf_counter()
         stage_two(
             am,
             f_enc,
@@ -798,6 +814,7 @@ def unlearn_alter(
             start=start,
             runtime=rt,
         )
+        train_seconds += time.perf_counter() - t
     finally:
         if log_file:
             log_file.close()
@@ -812,6 +829,11 @@ def unlearn_alter(
         "router_fit": router_fit,
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
+        # Stage I + II (not the pre-pass, clustering, expert and router initialisation); tokens
+        # of the forget and retain rows of every step, as the baselines count them.
+        "train_seconds": train_seconds,
+        "tokens": tokens,
+        "tokens_per_second": tokens / train_seconds if train_seconds > 0 and not state else None,
         "processes": rt.world,
         **rt.sharding,
         "resumed_from": state or None,  # {"stage": 1|2, "step": N} of the checkpoint, if any
