@@ -162,3 +162,37 @@ def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
 
 def _eval_dir(model: str) -> str:
     return model if model in ("retain_model", "target") else f"independent/{model}"
+
+
+def test_method_footprint_runs_each_method_in_its_own_process(tmp_path, shared_data):
+    from alter.models import load_model
+    from alter.runs import COMPLETE_MARKER
+
+    target = tmp_path / "tofu-mini" / "target"
+    model, tok = load_model("tiny-llama")
+    model.save_pretrained(target)
+    tok.save_pretrained(target)
+    (target / COMPLETE_MARKER).write_text("{}")
+    fp = _script("method_footprint")
+    out = tmp_path / "fp"
+    argv = [
+        f"--tofu-mini={tmp_path / 'tofu-mini'}",
+        f"--data={shared_data}",
+        "--methods=ga,alter",
+        "--steps=2",
+        f"--out={out}",
+    ]
+    result = fp.main(argv)
+    assert list(result["methods"]) == ["ga", "alter"]
+    for m, r in result["methods"].items():
+        assert r["tokens_per_second"] > 0, m
+        assert 0 < r["peak_rss_mb"] <= r["process_peak_rss_mb"] + 1, m
+        metrics = (out / "runs" / m / "metrics.jsonl").read_text().splitlines()
+        assert len(metrics) == (4 if m == "alter" else 2)  # ALTER: 2 Stage I + 2 Stage II steps
+    assert len((out / "table.md").read_text().splitlines()) == 2 + 2
+    markers = sorted(out.rglob(COMPLETE_MARKER))
+    before = [p.stat().st_mtime_ns for p in markers]
+    assert len(markers) == 2 and fp.main(argv) == result  # finished methods are read, not rerun
+    assert [p.stat().st_mtime_ns for p in markers] == before
+    with pytest.raises(SystemExit):
+        fp.main([*argv[:-1], f"--out={tmp_path / 'fp2'}", "--steps=1"])
