@@ -186,7 +186,7 @@ def test_method_footprint_runs_each_method_in_its_own_process(tmp_path, shared_d
     assert list(result["methods"]) == ["ga", "alter"]
     for m, r in result["methods"].items():
         assert r["tokens_per_second"] > 0, m
-        assert 0 < r["peak_rss_mb"] <= r["process_peak_rss_mb"] + 1, m
+        assert r["peak_rss_mb"] > 100, m  # torch and the model are resident
         metrics = (out / "runs" / m / "metrics.jsonl").read_text().splitlines()
         assert len(metrics) == (4 if m == "alter" else 2)  # ALTER: 2 Stage I + 2 Stage II steps
     assert len((out / "table.md").read_text().splitlines()) == 2 + 2

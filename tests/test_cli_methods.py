@@ -55,7 +55,7 @@ def test_unlearn_gd_writes_a_model_and_generate_reads_it(tmp_path, synth_dir, ca
     assert code == 0, err
     assert (out / "model.safetensors").is_file() and (out / "summary.json").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    assert 0 < summary["peak_rss_mb"] <= summary["process_peak_rss_mb"] + 1
+    assert summary["peak_rss_mb"] > 100  # torch and the model are resident
     assert summary["tokens_per_second"] > 0
     code, stdout, err = run(
         ["generate", "--model", str(out), "-p", "Who is Ada?", "--max-new-tokens", "3"], capsys

@@ -130,7 +130,7 @@ def test_finetune_then_unlearn_then_generate(tmp_path, synth_dir, capsys):
     last = run_dir / "checkpoints" / "step-2" / "adapter_model.safetensors"
     assert last.read_bytes() == (run_dir / "adapter_model.safetensors").read_bytes()
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert 0 < summary["peak_rss_mb"] <= summary["process_peak_rss_mb"] + 1
+    assert summary["peak_rss_mb"] > 100  # torch and the model are resident
     assert summary["tokens"] > 0 and summary["tokens_per_second"] > 0
     resolved = json.loads((run_dir / "resolved_config.json").read_text())
     assert (

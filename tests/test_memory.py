@@ -20,7 +20,6 @@ def test_peak_sees_memory_held_inside_the_block_and_freed_before_its_end():
     rec = mem.record()
     assert rec["peak_rss_mb"] >= before + 250, (before, rec)
     assert after < rec["peak_rss_mb"] - 250  # freed: the peak is not the end state
-    assert rec["process_peak_rss_mb"] >= rec["peak_rss_mb"] - 1
 
 
 def test_block_without_allocation_reports_about_the_current_rss():

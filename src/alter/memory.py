@@ -82,7 +82,10 @@ class PeakRSS:
 
     def record(self) -> dict[str, float | None]:
         """What a run summary stores (MB; ``peak_rss_mb`` is None where /proc is missing)."""
+        # The kernel updates VmRSS and VmHWM from per-thread counters in batches, so a sample can
+        # exceed the high-water mark read a moment later by a few hundred kB.
+        process = max(process_peak_mb(), self.peak_mb or 0.0)
         return {
             "peak_rss_mb": None if self.peak_mb is None else round(self.peak_mb, 1),
-            "process_peak_rss_mb": round(process_peak_mb(), 1),
+            "process_peak_rss_mb": round(process, 1),
         }
