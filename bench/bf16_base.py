@@ -29,15 +29,6 @@ import torch
 DTYPES = ("float32", "bfloat16")
 
 
-def _status_mb(key: str) -> float:
-    """``VmRSS`` / ``VmHWM`` of this process in MB (VmHWM, not ru_maxrss: Linux carries
-    ru_maxrss over exec from the forking parent)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key):
-            return int(line.split()[1]) / 1024
-    raise KeyError(key)
-
-
 def measure(model_name: str, dtype_name: str, steps: int, max_length: int) -> dict:
     """One dtype, in this process: the quantities listed in the module docstring."""
     from alter.adapters.config import AlterConfig
@@ -45,6 +36,7 @@ def measure(model_name: str, dtype_name: str, steps: int, max_length: int) -> di
     from alter.adapters.model import AlterModel, num_layers
     from alter.data.collate import Collator, encode_rows
     from alter.data.synthetic import make_synthetic
+    from alter.memory import status_mb
     from alter.methods.alter import (
         AlterTrainConfig,
         assign_subdomains,
@@ -59,7 +51,7 @@ def measure(model_name: str, dtype_name: str, steps: int, max_length: int) -> di
     model, tok = load_model(model_name, dtype=check_base_dtype(dtype_name, "alter"))
     load_s = time.perf_counter() - t0
     weight_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
-    rss_loaded = _status_mb("VmRSS")
+    rss_loaded = status_mb("VmRSS")
     bench = make_synthetic()
     f_enc = encode_rows(bench.forget, tok, max_length=max_length)
     r_enc = encode_rows(bench.retain, tok, max_length=max_length)
@@ -110,7 +102,7 @@ def measure(model_name: str, dtype_name: str, steps: int, max_length: int) -> di
         "adapter_dtypes": sorted({str(v.dtype).removeprefix("torch.") for v in adapter}),
         "weights_mb": weight_mb,
         "rss_after_load_mb": rss_loaded,
-        "peak_rss_mb": _status_mb("VmHWM"),
+        "peak_rss_mb": status_mb("VmHWM"),
         "load_s": load_s,
         "prepass_s": prepass_s,
         "step_s": step_s,

@@ -50,6 +50,7 @@ def evaluate(model, tok, bench) -> dict:
 
 def run_one(args, method: str, result_path: Path) -> None:
     """In the subprocess: unlearn with ``method``, evaluate, write ``result_path``."""
+    from alter.memory import process_peak_mb
     from alter.pipeline import unlearn_and_save
 
     bench, target = setup(args.model, args.seed)
@@ -75,7 +76,7 @@ def run_one(args, method: str, result_path: Path) -> None:
         "method": method,
         "overrides": overrides,
         "unlearn_seconds": wall,
-        "peak_rss_mb": _vm_hwm_mb(),
+        "peak_rss_mb": process_peak_mb(),
         "train_summary": {k: v for k, v in summary.items() if not isinstance(v, dict | list)},
         "eval": evaluate(model, tok, bench),
     }
@@ -83,13 +84,6 @@ def run_one(args, method: str, result_path: Path) -> None:
     tmp = result_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=2))
     tmp.replace(result_path)
-
-
-def _vm_hwm_mb() -> float:
-    """This process's peak RSS (VmHWM). Not ru_maxrss: Linux carries that over exec from the
-    forking parent, so a child would report at least the parent's peak."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def table(results: dict) -> str:
