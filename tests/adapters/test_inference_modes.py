@@ -130,3 +130,23 @@ def test_bad_inference_settings_are_clear_errors():
     am, _ = wrapped()
     with pytest.raises(ConfigError, match="inference must be"):
         am.set_inference("fast")
+
+
+@pytest.mark.parametrize(
+    "layout", [("all", "prepass"), ("all", "probe"), ("upper", "probe")], ids="-".join
+)
+def test_a_forward_inside_adapters_disabled_is_the_base_model(layout):
+    """The routed forward disables the adapters for its own base pass; that inner block must not
+    switch them back on inside an outer ``adapters_disabled`` (evaluation measures fluency and
+    entropy of "the model with the adapter off" this way)."""
+    layers, inference = layout
+    am, _ = wrapped(layers=layers, inference=inference)
+    randomise(am)
+    with torch.no_grad():
+        with am.adapters_disabled():
+            base = am.model(input_ids=IDS, attention_mask=MASK).logits
+            nested = am(input_ids=IDS, attention_mask=MASK).logits
+        adapted = am(input_ids=IDS, attention_mask=MASK).logits
+    assert torch.equal(nested, base)
+    assert not torch.allclose(adapted, base, atol=1e-4)
+    assert all(m.enabled for m in am.layers())

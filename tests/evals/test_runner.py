@@ -197,6 +197,19 @@ def test_synthetic_with_adapter_and_entropy(tmp_path):
     assert ev["forget_fluency_ppl"]["model"] == "tiny-gpt2 (adapter off)"
     config = json.loads((out / "eval_config.json").read_text())
     assert config["adapter"] == str(tmp_path / "adapter") and config["eval_seconds"] > 0
+    # "adapter off" is the base model: the same numbers as with the base loaded separately
+    # (a routed forward inside the adapter-off block once switched the adapters back on).
+    s2 = run_eval(
+        "tiny-gpt2",
+        tmp_path / "adapter",
+        "synthetic",
+        None,
+        tmp_path / "eval2",
+        limit=3,
+        options=EvalOptions(entropy=True, original="tiny-gpt2", **FAST),
+    )
+    for key in ("forget_fluency_ppl", "retain_fluency_ppl", "entropy_agreement"):
+        assert s2[key] == pytest.approx(s[key], rel=1e-5), key
 
 
 def test_muse_and_mcq(shared_data, tmp_path):

@@ -198,15 +198,18 @@ class AlterModel(nn.Module):
 
     @contextlib.contextmanager
     def adapters_disabled(self):
-        """The frozen base model, exactly (adapter paths skipped)."""
+        """The frozen base model, exactly (adapter paths skipped). Nestable: on exit every layer
+        gets back the state it had on entry, so a forward of this model (whose base pre-pass
+        disables the adapters too) inside the block is the base model's forward."""
         layers = self.layers()
+        before = [m.enabled for m in layers]
         for m in layers:
             m.enabled = False
         try:
             yield
         finally:
-            for m in layers:
-                m.enabled = True
+            for m, enabled in zip(layers, before, strict=True):
+                m.enabled = enabled
 
     @contextlib.contextmanager
     def routing(self, route: Route):
