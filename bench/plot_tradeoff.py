@@ -72,15 +72,31 @@ def sequential_points(out: Path) -> dict[str, dict[str, tuple[float, float]]]:
     return dict(sorted(stages.items()))
 
 
-def scatter(ax, points: dict[str, tuple[float, float]]) -> None:
-    """Draw and label the points (set the axes' scales first: labels are placed on screen)."""
+def _padded(values: list[float], *, log: bool) -> tuple[float, float]:
+    """Axis limits around ``values`` with a margin (a factor of 2 on a log axis)."""
+    if log:
+        pos = [v for v in values if v > 0]
+        lo, hi = (min(pos), max(pos)) if pos else (0.1, 1.0)
+        return lo / 2, hi * 2
+    lo, hi = min(values), max(values)
+    pad = 0.08 * (hi - lo) if hi > lo else max(abs(hi), 1.0) * 0.1
+    return lo - pad, hi + pad
+
+
+def scatter(ax, points: dict[str, tuple[float, float]], keep_y=()) -> None:
+    """Draw and label the points (set the axes' scales first: labels are placed on screen);
+    the y limits also hold every value of ``keep_y`` (reference lines)."""
     # Models at the same point share one label ("rmu, target").
     groups: dict[tuple[float, float], list[str]] = {}
     for name, (x, y) in points.items():
-        groups.setdefault((round(x, 6), round(y, 6)), []).append(name)
+        # 6 significant digits, not decimals: forget quality can be 3e-7 (rounded to 0 it
+        # vanished from a log axis).
+        groups.setdefault((float(f"{x:.6g}"), float(f"{y:.6g}")), []).append(name)
     for (x, y), names in groups.items():
         ax.scatter([x], [y], s=36, color="tab:red" if "alter" in names else "tab:blue")
-    ax.autoscale_view()
+    # Limits from the data, with a margin.
+    ax.set_xlim(*_padded([x for x, _ in groups], log=False))
+    ax.set_ylim(*_padded([y for _, y in groups] + list(keep_y), log=ax.get_yscale() == "log"))
     # Labels go above their point, top to bottom; a label whose spot is taken by the label of a
     # point close by on screen goes one line lower per such neighbour (below its own point).
     placed: list[tuple[float, float]] = []
@@ -165,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
                 color="grey",
                 transform=ax.get_yaxis_transform(),
             )
-        scatter(ax, points)
+        scatter(ax, points, keep_y=refs.values())
         default = (
             "built-in benchmark"
             if args.synthetic

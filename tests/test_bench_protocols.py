@@ -196,3 +196,36 @@ def test_method_footprint_runs_each_method_in_its_own_process(tmp_path, shared_d
     assert [p.stat().st_mtime_ns for p in markers] == before
     with pytest.raises(SystemExit):
         fp.main([*argv[:-1], f"--out={tmp_path / 'fp2'}", "--steps=1"])
+
+
+@pytest.mark.parametrize("log", [True, False])
+def test_tradeoff_scatter_keeps_every_point_in_view(log):
+    """Points decades apart (forget quality 3e-7 .. 0.8) and coincident points all lie inside the
+    axes' limits, on a log and on a linear axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plot = _script("plot_tradeoff")
+    points = {
+        "rmu": (0.375, 2.9e-7),
+        "target": (0.375, 2.9e-7),
+        "lora": (0.281, 7.3e-7),
+        "asymlora": (0.096, 0.82),
+        "ga": (0.0, 0.12),
+    }
+    fig, ax = plt.subplots()
+    if log:
+        plot.tofu_axes(ax)
+    plot.scatter(ax, points, keep_y=[1.5])  # a reference line above every point
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    assert y1 > 1.5
+    for x, y in points.values():
+        assert x0 < x < x1 and y0 < y < y1, (x, y, ax.get_xlim(), ax.get_ylim())
+    drawn = sorted(tuple(map(float, c.get_offsets()[0])) for c in ax.collections)  # the dots
+    expected = sorted(set(points.values()))
+    assert [v for xy in drawn for v in xy] == pytest.approx([v for xy in expected for v in xy])
+    labels = [t.get_text() for t in ax.texts]
+    assert "rmu, target" in labels and len(labels) == 4
+    plt.close(fig)
