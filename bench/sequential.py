@@ -28,6 +28,11 @@ adapter method's result (ALTER's routed adapter, LoRA) cannot be merged into the
 base. A chained stage still unlearns the whole cumulative set; NPO's reference is the model the
 stage starts from.
 
+``--set KEY=VALUE`` (repeatable) with ``--variant NAME`` runs the listed methods with other
+options (as ``alter unlearn --set``) next to their default runs: runs, evaluations and table rows
+are named ``METHOD+NAME``, e.g. ``--methods alter --stages forget10 --set router_fit_steps=200
+--variant fit``. A name keeps its options (OUT/variants.json).
+
 After each stage the TOFU metrics (`alter eval --benchmark tofu`) of the retain model, the
 target and every method on that stage's forget rows, the retain rows and the first
 ``--utility-items`` real_authors / world_facts items: forget quality (KS test of the truth
@@ -48,8 +53,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
+
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
@@ -141,8 +149,30 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start each stage from the previous stage's model (full-parameter methods only)",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option for every listed method (as `alter unlearn --set`); needs --variant",
+    )
+    ap.add_argument(
+        "--variant",
+        default=None,
+        help="name of the --set variant: its runs and rows are METHOD+VARIANT, next to the defaults",
+    )
     ap.add_argument("--out", default="runs/sequential", help="output folder (resumed if present)")
     args = ap.parse_args(argv)
+    args.overrides = {}
+    for item in args.set:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            ap.error(f"--set expects KEY=VALUE, got {item!r}")
+        args.overrides[key.strip()] = yaml.safe_load(raw)
+    if bool(args.overrides) != bool(args.variant):
+        ap.error("--set and --variant go together (the variant names the runs of the options)")
+    if args.variant and not re.fullmatch(r"[A-Za-z0-9_.=-]+", args.variant):
+        ap.error(f"--variant {args.variant!r}: use letters, digits and _ . = - only")
     stages = [s for s in args.stages.split(",") if s]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
@@ -176,6 +206,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     P.check_protocol(out, {k: getattr(args, k) for k in PROTOCOL_KEYS})
+    if args.variant:
+        check_variant(out, args.variant, args.overrides)
     timings = P.Timings(out / "timings.json")
     mode = "chained" if args.chained else "independent"
 
@@ -226,9 +258,10 @@ def main(argv: list[str] | None = None) -> dict:
         evaluate(stage, "target", (target, None), "target", ref)
     previous: dict[str, str] = {}
     for m in args.method_list:
+        name = f"{m}+{args.variant}" if args.variant else m
         for stage in args.stage_list:
             start = previous.get(m, target) if args.chained else target
-            run = out / "runs" / mode / m / stage
+            run = out / "runs" / mode / name / stage
             check_start(run, start)
             P.unlearn_stage(
                 start,
@@ -236,18 +269,18 @@ def main(argv: list[str] | None = None) -> dict:
                 retain,
                 run,
                 m,
-                {"epochs": args.epochs, "seed": 0},
+                {"epochs": args.epochs, "seed": 0, **args.overrides},
                 timings,
-                f"unlearn_{mode}_{m}_{stage}",
+                f"unlearn_{mode}_{name}_{stage}",
             )
             if args.chained:
                 if not P.is_full_model(run):
                     raise SystemExit(f"error: {run} is not a full model; it cannot be chained")
                 previous[m] = str(run)
-            label = f"{m} (chained)" if args.chained else m
+            label = f"{name} (chained)" if args.chained else name
             evaluate(
                 stage,
-                f"{mode}/{m}",
+                f"{mode}/{name}",
                 P.model_spec(run, start),
                 label,
                 out / "evals" / "retain_model" / stage,
@@ -299,6 +332,20 @@ def main(argv: list[str] | None = None) -> dict:
     P.write_json(out / "summary.json", result)
     print(text)
     return result
+
+
+def check_variant(out: Path, name: str, overrides: dict) -> None:
+    """A variant name always means the same options (OUT/variants.json): its finished runs are
+    reused, so another --set under the same name is refused."""
+    path = out / "variants.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    if name in known and known[name] != overrides:
+        raise SystemExit(
+            f"error: variant {name!r} was run with {known[name]} in {out}, not {overrides}; "
+            "use another --variant"
+        )
+    if name not in known:
+        P.write_json(path, {**known, name: overrides})
 
 
 def check_start(run: Path, start: str) -> None:

@@ -159,6 +159,23 @@ def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
         if key.startswith(("target", "retain_model", "evals/target", "evals/retain_model")):
             assert (out / key).stat().st_mtime_ns == stamp
 
+    # A --set variant runs next to the defaults under METHOD+VARIANT, and keeps its options.
+    base = [a for a in argv if not a.startswith(("--methods", "--stages"))]
+    variant = [*base, "--methods=alter", "--stages=forget01", "--variant=fit"]
+    result = seq.main([*variant, "--set=router_fit_steps=5"])
+    assert [r["model"] for r in result["rows"]] == ["retain_model", "target", "alter+fit"]
+    run = out / "runs" / "independent" / "alter+fit" / "forget01"
+    assert json.loads((run / "resolved_config.json").read_text())["train"]["router_fit_steps"] == 5
+    assert json.loads((run / "summary.json").read_text())["router_fit"]["steps"] == 5
+    assert (
+        out / "evals" / "independent" / "alter+fit" / "forget01" / "TOFU_SUMMARY.json"
+    ).is_file()
+    assert json.loads((out / "variants.json").read_text()) == {"fit": {"router_fit_steps": 5}}
+    with pytest.raises(SystemExit):  # the same name with other options
+        seq.main([*variant, "--set=router_fit_steps=6"])
+    with pytest.raises(SystemExit):  # --set without a name
+        seq.main([*base, "--methods=alter", "--set=router_fit_steps=5"])
+
 
 def _eval_dir(model: str) -> str:
     return model if model in ("retain_model", "target") else f"independent/{model}"
