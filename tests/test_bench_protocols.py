@@ -246,3 +246,38 @@ def test_tradeoff_scatter_keeps_every_point_in_view(log):
     labels = [t.get_text() for t in ax.texts]
     assert "rmu, target" in labels and len(labels) == 4
     plt.close(fig)
+
+
+def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared_data):
+    """Re-scoring an evaluation's stored generations under the model they were scored under
+    gives its stored fluency perplexities back; under another model they change."""
+    from alter.evals.runner import EvalOptions, run_eval
+    from alter.models import load_model
+
+    out = tmp_path / "eval"
+    run_eval(
+        "tiny-gpt2",
+        None,
+        "tofu",
+        shared_data,
+        out,
+        limit=3,
+        options=EvalOptions(max_new_tokens=6, progress=False),
+    )
+    ev = json.loads((out / "TOFU_EVAL.json").read_text())
+    refl = _script("refluency")
+    res = refl.main([str(out), "--model", "tiny-gpt2", "--out", str(tmp_path / "r.json")])[
+        str(out)
+    ]
+    for split in ("forget", "retain"):
+        assert res[split]["stored_ppl"] == ev[f"{split}_fluency_ppl"]["agg_value"]
+        assert res[split]["ppl"] == pytest.approx(res[split]["stored_ppl"], rel=1e-5)
+    other = tmp_path / "other"  # the same architecture with other weights
+    model, tok = load_model("tiny-gpt2", seed=1)
+    model.save_pretrained(other)
+    tok.save_pretrained(other)
+    res2 = refl.main([str(out), "--model", str(other)])[str(out)]
+    assert res2["retain"]["ppl"] != pytest.approx(res["retain"]["ppl"], rel=1e-3)
+    assert json.loads((tmp_path / "r.json").read_text())["evals"][str(out)] == res
+    with pytest.raises(SystemExit):
+        refl.main([str(tmp_path), "--model", "tiny-gpt2"])  # not an evaluation
