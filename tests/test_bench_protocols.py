@@ -266,9 +266,7 @@ def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared
     )
     ev = json.loads((out / "TOFU_EVAL.json").read_text())
     refl = _script("refluency")
-    res = refl.main([str(out), "--model", "tiny-gpt2", "--out", str(tmp_path / "r.json")])[
-        str(out)
-    ]
+    res = refl.main([str(out), "--model", "tiny-gpt2", "--out", str(tmp_path / "r.json")])[str(out)]
     for split in ("forget", "retain"):
         assert res[split]["stored_ppl"] == ev[f"{split}_fluency_ppl"]["agg_value"]
         assert res[split]["ppl"] == pytest.approx(res[split]["stored_ppl"], rel=1e-5)
