@@ -93,7 +93,12 @@ def scatter(ax, points: dict[str, tuple[float, float]], keep_y=()) -> None:
         # vanished from a log axis).
         groups.setdefault((float(f"{x:.6g}"), float(f"{y:.6g}")), []).append(name)
     for (x, y), names in groups.items():
-        ax.scatter([x], [y], s=36, color="tab:red" if "alter" in names else "tab:blue")
+        ax.scatter(
+            [x],
+            [y],
+            s=36,
+            color="tab:red" if any(n.split("+")[0] == "alter" for n in names) else "tab:blue",
+        )
     # Limits from the data, with a margin.
     ax.set_xlim(*_padded([x for x, _ in groups], log=False))
     ax.set_ylim(*_padded([y for _, y in groups] + list(keep_y), log=ax.get_yscale() == "log"))
