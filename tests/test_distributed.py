@@ -714,11 +714,11 @@ from alter.cli import main
 calls, terms = [], alter_method._stage_two_terms
 
 
-def failing(*args):
+def failing(*args, **kwargs):
     calls.append(1)
     if len(calls) == 5:  # Stage II steps 1-4 done, checkpoint at step 4
         raise RuntimeError("interrupted")
-    return terms(*args)
+    return terms(*args, **kwargs)
 
 
 alter_method._stage_two_terms = failing

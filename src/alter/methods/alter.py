@@ -55,6 +55,7 @@ from alter.losses import (
     masked_mean,
     router_cross_entropy,
     structural_invariance,
+    token_kl,
     token_nll,
 )
 
@@ -86,6 +87,14 @@ class AlterTrainConfig(ScaleOptions):
     )
     beta: float = field(default=1.0, metadata={"help": "weight of the forget IHL term"})
     gamma: float = field(default=1.0, metadata={"help": "weight of the retain NLL term"})
+    retain_kl: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of KL(p_base || p_theta) on the retain answers' tokens (our addition; "
+            "0: the spec's retain NLL only; costs one no-grad base forward per retain batch; "
+            "measured in docs/ALTER.md)"
+        },
+    )
     lam: float = field(default=0.01, metadata={"help": "lambda: weight of L_struct"})
     mu: float = field(default=1.0, metadata={"help": "weight of the router cross-entropy"})
     max_grad_norm: float = field(default=1.0, metadata={"help": "clip norm, per parameter group"})
@@ -127,7 +136,7 @@ class AlterTrainConfig(ScaleOptions):
             v = getattr(self, name)
             if v is not None and v < 1:
                 raise ValueError(f"{name} must be >= 1, got {v}")
-        for name in ("beta", "gamma", "lam", "mu"):
+        for name in ("beta", "gamma", "retain_kl", "lam", "mu"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.n_subdomains is not None and self.n_subdomains < 1:
@@ -569,15 +578,16 @@ def stage_two(
     for step in bar:
         d, f_idx, r_idx = plan[step]
         opt.zero_grad(set_to_none=True)
-        sums = dict.fromkeys(("loss", "ihl", "retain_nll", "struct", "router_ce"), 0.0)
+        sums = dict.fromkeys(("loss", "ihl", "retain_nll", "retain_kl", "struct", "router_ce"), 0.0)
         for part in rt.parts(f_idx, r_idx, k):
             fb = _batch(forget_enc, forget_cache, part.forget, collate, rt.device)
             rb = _batch(retain_enc, retain_cache, part.retain, collate, rt.device)
             with rt.step(), rt.autocast():
-                terms = _stage_two_terms(am, fb, rb, d, rt, part)
+                terms = _stage_two_terms(am, fb, rb, d, rt, part, retain_kl=tcfg.retain_kl > 0)
             loss = (
                 tcfg.beta * terms["ihl"]
                 + tcfg.gamma * terms["retain_nll"]
+                + tcfg.retain_kl * terms["retain_kl"]
                 + tcfg.lam * terms["struct"]
                 + tcfg.mu * terms["router_ce"]
             )
@@ -593,9 +603,12 @@ def stage_two(
             on_checkpoint(step + 1, opt)
 
 
-def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.Tensor]:
-    """The four Stage II loss terms of one (micro-)batch (shares of the global-batch means in a
-    data-parallel step; a stand-in slice's terms count for nothing)."""
+def _stage_two_terms(
+    am, fb, rb, d: int, rt: Runtime, part, *, retain_kl: bool = False
+) -> dict[str, torch.Tensor]:
+    """The Stage II loss terms of one (micro-)batch (shares of the global-batch means in a
+    data-parallel step; a stand-in slice's terms count for nothing). ``retain_kl``: also the KL
+    of the retain answers' next-token distributions from the base model's (else that term is 0)."""
     # Forget pass: only B_f[d] (oracle), B_r detached, A through high-entropy positions only.
     f_high = fb["entropy"] > am.threshold
     f_sup = supervised_positions(fb["labels"])
@@ -614,10 +627,15 @@ def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.T
     r_high = rb["entropy"] > am.threshold
     with am.routing(Route(grad_retain=True, a_grad_mask=r_high)):
         r_logits = am.model(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
+    r_sup = supervised_positions(rb["labels"])[:, :-1]
     with rt.weighted(part.retain_weight):
-        nll = masked_mean(
-            token_nll(r_logits, rb["labels"]), supervised_positions(rb["labels"])[:, :-1]
-        )
+        nll = masked_mean(token_nll(r_logits, rb["labels"]), r_sup)
+    kl = r_logits.new_zeros(())
+    if retain_kl:
+        with torch.no_grad(), am.adapters_disabled():
+            base = am.model(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
+        with rt.weighted(part.retain_weight):
+            kl = masked_mean(token_kl(r_logits, base, rb["labels"]), r_sup)
 
     # Router: cross-entropy on detached base features; retain tokens -> slot 0, forget -> d + 1.
     f_feat = router_features(fb["hidden"], fb["entropy"])[f_sup]
@@ -634,7 +652,13 @@ def _stage_two_terms(am, fb, rb, d: int, rt: Runtime, part) -> dict[str, torch.T
         ]
     )
     router_ce = router_cross_entropy(am.router.logits(feats), target)
-    return {"ihl": ihl, "retain_nll": nll, "struct": struct, "router_ce": router_ce}
+    return {
+        "ihl": ihl,
+        "retain_nll": nll,
+        "retain_kl": kl,
+        "struct": struct,
+        "router_ce": router_ce,
+    }
 
 
 def unlearn_alter(
