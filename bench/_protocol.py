@@ -38,7 +38,10 @@ class Timings:
 
 def check_protocol(out: Path, options: dict) -> None:
     """OUT's cached stages hold only for the options they were made with: the first run writes
-    ``OUT/protocol.json``, a later run with other values stops with an error."""
+    ``OUT/protocol.json``, a later run with other values stops with an error. ``data`` is
+    compared as an absolute path (``../shared/data`` from one directory is ``/x/shared/data``)."""
+    if isinstance(options.get("data"), str):
+        options = {**options, "data": str(Path(options["data"]).resolve())}
     path = Path(out) / "protocol.json"
     if not path.is_file():
         write_json(path, options)

@@ -279,3 +279,20 @@ def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared
     assert json.loads((tmp_path / "r.json").read_text())["evals"][str(out)] == res
     with pytest.raises(SystemExit):
         refl.main([str(tmp_path), "--model", "tiny-gpt2"])  # not an evaluation
+
+
+def test_protocol_check_compares_the_data_root_as_an_absolute_path(tmp_path, monkeypatch):
+    """The same data reached by a relative path from another directory is the same protocol;
+    another value of any option is not."""
+    P = _script("_protocol")
+    (tmp_path / "shared" / "data").mkdir(parents=True)
+    (tmp_path / "a").mkdir()
+    out = tmp_path / "out"
+    out.mkdir()
+    P.check_protocol(out, {"data": str(tmp_path / "shared" / "data"), "epochs": 5.0})
+    monkeypatch.chdir(tmp_path / "a")
+    P.check_protocol(out, {"data": "../shared/data", "epochs": 5.0})
+    with pytest.raises(SystemExit, match="epochs=5.0"):
+        P.check_protocol(out, {"data": "../shared/data", "epochs": 3.0})
+    with pytest.raises(SystemExit, match="data="):
+        P.check_protocol(out, {"data": "../other", "epochs": 5.0})
