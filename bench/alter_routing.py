@@ -6,7 +6,8 @@
 With ``--tofu-mini``: the 40 forget rows of tofu-mini (forget01) and the first ``--rows``
 retain rows, ALTER's run given by ``--run``. With ``--sequential``: a bench/sequential.py
 directory's evaluated rows of ``--stage`` (forget rows, retain rows, real_authors, world_facts),
-ALTER's run ``OUT/runs/independent/alter/STAGE`` on ``OUT/target``.
+ALTER's run ``OUT/runs/independent/alter/STAGE`` on ``OUT/target`` (or ``--run``, e.g. a
+variant's ``OUT/runs/independent/alter+NAME/STAGE``).
 
 For every set of rows it prints the answer probability (exp of the mean answer-token NLL,
 pooled):
@@ -44,7 +45,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     where = ap.add_mutually_exclusive_group(required=True)
     where.add_argument("--tofu-mini", help="a bench/tofu_mini.py directory (with --run)")
     where.add_argument("--sequential", help="a bench/sequential.py directory (with --stage)")
-    ap.add_argument("--run", help="an ALTER run directory on the tofu-mini target")
+    ap.add_argument("--run", help="an ALTER run directory on the target (needed with --tofu-mini)")
     ap.add_argument("--stage", default="forget10", help="sequential stage (default forget10)")
     ap.add_argument("--data", default="../shared/data")
     ap.add_argument("--rows", type=int, default=40, help="rows checked per non-forget set")
@@ -77,7 +78,8 @@ def row_sets(args) -> tuple[Path, Path, dict[str, list[dict]]]:
             raise SystemExit(f"error: {path} not found (is {out} a bench/sequential.py run?)")
         data = json.loads(path.read_text())
         rows[name] = data if name == "forget" else data[: args.rows]
-    return out / "target", out / "runs" / "independent" / "alter" / args.stage, rows
+    run = Path(args.run) if args.run else out / "runs" / "independent" / "alter" / args.stage
+    return out / "target", run, rows
 
 
 def main(argv: list[str] | None = None) -> None:
