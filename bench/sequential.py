@@ -57,8 +57,6 @@ import re
 import sys
 from pathlib import Path
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _protocol as P  # noqa: E402
 
@@ -163,12 +161,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--out", default="runs/sequential", help="output folder (resumed if present)")
     args = ap.parse_args(argv)
+    from alter.api import parse_set_value
+
     args.overrides = {}
     for item in args.set:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        args.overrides[key.strip()] = yaml.safe_load(raw)
+        args.overrides[key.strip()] = parse_set_value(raw)
     if bool(args.overrides) != bool(args.variant):
         ap.error("--set and --variant go together (the variant names the runs of the options)")
     if args.variant and not re.fullmatch(r"[A-Za-z0-9_.=-]+", args.variant):
@@ -338,8 +338,14 @@ def check_variant(out: Path, name: str, overrides: dict) -> None:
     """A variant name always means the same options (OUT/variants.json): its finished runs are
     reused, so another --set under the same name is refused."""
     path = out / "variants.json"
+    from alter.api import parse_set_value
+
     known = json.loads(path.read_text()) if path.is_file() else {}
-    if name in known and known[name] != overrides:
+    # older files hold YAML's reading of e.g. 5e-3 (a string); compare as --set reads it now
+    same = {
+        k: parse_set_value(v) if isinstance(v, str) else v for k, v in known.get(name, {}).items()
+    }
+    if name in known and same != overrides:
         raise SystemExit(
             f"error: variant {name!r} was run with {known[name]} in {out}, not {overrides}; "
             "use another --variant"

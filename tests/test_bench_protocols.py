@@ -296,3 +296,19 @@ def test_protocol_check_compares_the_data_root_as_an_absolute_path(tmp_path, mon
         P.check_protocol(out, {"data": "../shared/data", "epochs": 3.0})
     with pytest.raises(SystemExit, match="data="):
         P.check_protocol(out, {"data": "../other", "epochs": 5.0})
+
+
+def test_sequential_variant_options_read_numbers_as_alter_unlearn_does(tmp_path):
+    """`--set lr_B=5e-3` is a number (YAML 1.1 alone reads it as a string), the same variant
+    written 0.005 is the same options, and a variants.json from before (the string) still
+    matches; another value does not."""
+    seq = _script("sequential")
+    args = seq.parse_args(["--set=lr_B=5e-3", "--set=layers=upper", "--variant=v"])
+    assert args.overrides == {"lr_B": 0.005, "layers": "upper"}
+    assert seq.parse_args(["--set=lr_B=0.005", "--variant=v"]).overrides == {"lr_B": 0.005}
+    (tmp_path / "variants.json").write_text(json.dumps({"v": {"lr_B": "5e-3"}}))
+    seq.check_variant(tmp_path, "v", {"lr_B": 0.005})
+    with pytest.raises(SystemExit, match="variant 'v' was run with"):
+        seq.check_variant(tmp_path, "v", {"lr_B": 0.003})
+    seq.check_variant(tmp_path, "w", {"lr_B": 0.003})
+    assert json.loads((tmp_path / "variants.json").read_text())["w"] == {"lr_B": 0.003}

@@ -148,3 +148,26 @@ def test_finetune_refuses_a_bf16_base(tmp_path, synth_dir, capsys, mode):  # noq
     reason = "merges the LoRA update" if mode == "lora" else "finetune trains the model's own"
     assert code == 1 and reason in err and err.count("\n") == 1
     assert not (tmp_path / "f").exists()
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("5e-3", 0.005),
+        ("-2.5E-1", -0.25),
+        ("1e3", 1000.0),
+        (".5e1", 5.0),
+        ("3", 3),
+        ("0.5", 0.5),
+        ("true", True),
+        ("null", None),
+        ("upper", "upper"),
+        ("e5", "e5"),
+        ("1e3x", "1e3x"),
+    ],
+)
+def test_set_values_are_read_as_yaml_with_scientific_numbers(raw, value):
+    from alter.api import parse_set_value
+
+    got = parse_set_value(raw)
+    assert got == value and type(got) is type(value)

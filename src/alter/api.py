@@ -8,11 +8,32 @@ am, tok = alter.load("runs/target", adapter="runs/alter")
 from __future__ import annotations
 
 import dataclasses
+import re
 from pathlib import Path
 
 from alter.errors import ConfigError
 
-__all__ = ["load", "resolve_baseline_configs", "resolve_configs", "unlearn"]
+__all__ = [
+    "load",
+    "parse_set_value",
+    "resolve_baseline_configs",
+    "resolve_configs",
+    "unlearn",
+]
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+
+
+def parse_set_value(raw: str):
+    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, null, strings).
+
+    YAML 1.1 reads ``5e-3`` (no dot in the mantissa) as a string; it is a number here, so a
+    run's recorded options say ``0.005`` whichever way the user wrote it."""
+    import yaml
+
+    if _SCIENTIFIC.fullmatch(raw.strip()):
+        return float(raw)
+    return yaml.safe_load(raw)
 
 
 def _coerce(key: str, value, type_name: str):

@@ -15,6 +15,7 @@ from typing import Annotated
 import typer
 
 from alter import __version__
+from alter.api import parse_set_value
 from alter.errors import AlterError, ConfigError
 
 app = typer.Typer(
@@ -235,13 +236,6 @@ def finetune_cmd(
     typer.echo(f"saved {out}  ({result['train_seconds']:.0f} s training)")
 
 
-def _parse_value(raw: str):
-    """YAML scalar parsing for ``--set key=value`` (numbers, booleans, null, strings)."""
-    import yaml
-
-    return yaml.safe_load(raw)
-
-
 def _load_yaml(path: Path) -> dict:
     import yaml
 
@@ -305,7 +299,7 @@ def unlearn_cmd(
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = _parse_value(raw)
+        overrides[key.strip()] = parse_set_value(raw)
     method = overrides.pop("method", method)
     shared = {
         "epochs": epochs,
