@@ -149,13 +149,13 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
 
     ``logits``, ``ref_logits``: ``(B, T, V)``; the retain term of NPO_KL (the reference's
     distribution is the target, as in open-unlearning's ``compute_kl_divergence``).
+    As :func:`token_nll`, the vocabulary-wide work runs on the supervised positions' rows only.
     """
     lg, lb = shift(logits, labels)
-    ref = ref_logits[:, :-1, :]
-    lp = torch.log_softmax(lg.float(), dim=-1)
-    lp_ref = torch.log_softmax(ref.float(), dim=-1)
-    kl = (lp_ref.exp() * (lp_ref - lp)).sum(-1)
-    return kl * (lb != IGNORE_INDEX)
+    mask = lb != IGNORE_INDEX
+    lp = torch.log_softmax(lg[mask].float(), dim=-1)
+    lp_ref = torch.log_softmax(ref_logits[:, :-1, :][mask].float(), dim=-1)
+    return at_positions(mask, (lp_ref.exp() * (lp_ref - lp)).sum(-1))
 
 
 def activation_mse(acts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
