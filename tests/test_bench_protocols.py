@@ -248,7 +248,12 @@ def test_tradeoff_scatter_keeps_every_point_in_view(log):
     plt.close(fig)
 
 
-def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared_data):
+@pytest.mark.parametrize(
+    ("benchmark", "splits"), [("tofu", ("forget", "retain")), ("muse", ("forget_verbmem",))]
+)
+def test_refluency_reproduces_a_perplexity_under_the_same_model(
+    tmp_path, shared_data, benchmark, splits
+):
     """Re-scoring an evaluation's stored generations under the model they were scored under
     gives its stored fluency perplexities back; under another model they change."""
     from alter.evals.runner import EvalOptions, run_eval
@@ -258,16 +263,17 @@ def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared
     run_eval(
         "tiny-gpt2",
         None,
-        "tofu",
+        benchmark,
         shared_data,
         out,
         limit=3,
         options=EvalOptions(max_new_tokens=6, progress=False),
     )
-    ev = json.loads((out / "TOFU_EVAL.json").read_text())
+    ev = json.loads((out / f"{benchmark.upper()}_EVAL.json").read_text())
     refl = _script("refluency")
     res = refl.main([str(out), "--model", "tiny-gpt2", "--out", str(tmp_path / "r.json")])[str(out)]
-    for split in ("forget", "retain"):
+    assert set(res) == set(splits)
+    for split in splits:
         assert res[split]["stored_ppl"] == ev[f"{split}_fluency_ppl"]["agg_value"]
         assert res[split]["ppl"] == pytest.approx(res[split]["stored_ppl"], rel=1e-5)
     other = tmp_path / "other"  # the same architecture with other weights
@@ -275,7 +281,7 @@ def test_refluency_reproduces_a_perplexity_under_the_same_model(tmp_path, shared
     model.save_pretrained(other)
     tok.save_pretrained(other)
     res2 = refl.main([str(out), "--model", str(other)])[str(out)]
-    assert res2["retain"]["ppl"] != pytest.approx(res["retain"]["ppl"], rel=1e-3)
+    assert res2[splits[-1]]["ppl"] != pytest.approx(res[splits[-1]]["ppl"], rel=1e-3)
     assert json.loads((tmp_path / "r.json").read_text())["evals"][str(out)] == res
     with pytest.raises(SystemExit):
         refl.main([str(tmp_path), "--model", "tiny-gpt2"])  # not an evaluation
