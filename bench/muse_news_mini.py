@@ -411,7 +411,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.model, retain, ft, out / "retain_model", timings, "finetune_retain_model"
     )
 
-    opts = EvalOptions(max_new_tokens=args.max_new_tokens, fluency=not args.no_fluency)
+    # every model's continuations are scored for fluency under the target (docs/RESULTS.md)
+    opts = EvalOptions(
+        max_new_tokens=args.max_new_tokens, fluency=not args.no_fluency, original=str(target)
+    )
     data = out / "data"
     summaries = {
         "retain_model": P.eval_stage(

@@ -243,8 +243,11 @@ def main(argv: list[str] | None = None) -> dict:
     results = []
 
     def evaluate(stage: str, tag: str, spec, label: str, reference) -> None:
-        opts = EvalOptions(
-            forget_split=stage, max_new_tokens=args.max_new_tokens, fluency=args.fluency
+        opts = EvalOptions(  # fluency under the target for every model (docs/RESULTS.md)
+            forget_split=stage,
+            max_new_tokens=args.max_new_tokens,
+            fluency=args.fluency,
+            original=target,
         )
         d = out / "evals" / tag / stage
         key = f"{tag}_{stage}".replace("/", "_")

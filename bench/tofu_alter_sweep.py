@@ -104,6 +104,7 @@ def main() -> None:
         max_new_tokens=args.max_new_tokens,
         generate=args.generate,
         fluency=args.generate,
+        original=str(target),
     )
     timings_path = out / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}

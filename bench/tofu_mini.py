@@ -93,7 +93,13 @@ def main() -> None:
             timings[f"finetune_{name}"] = time.perf_counter() - t0
             (out / "timings.json").write_text(json.dumps(timings, indent=2))
 
-    opts = EvalOptions(forget_split="forget01", max_new_tokens=args.max_new_tokens, fluency=True)
+    # every model's answers are scored for fluency under the target (docs/RESULTS.md)
+    opts = EvalOptions(
+        forget_split="forget01",
+        max_new_tokens=args.max_new_tokens,
+        fluency=True,
+        original=str(out / "target"),
+    )
 
     def evaluate(tag: str, model: str, adapter: str | None, reference) -> None:
         d = out / "evals" / tag

@@ -73,6 +73,9 @@ def test_muse_news_mini_end_to_end_and_resume(tmp_path, shared_data):
             assert 0.0 <= summary[key] <= 1.0
         assert 0.0 <= summary["mia_min_k"] <= 1.0
         assert _finite(summary["privleak"]) or summary.get("privleak_reason")
+        # every model's continuations are scored under one model, the target
+        ev = json.loads((out / "evals" / tag / "MUSE_EVAL.json").read_text())
+        assert ev["forget_verbmem_fluency_ppl"]["model"] == str(out / "target")
     assert json.loads((out / "summary.json").read_text()) == json.loads(json.dumps(result))
     assert result["selection"]["verbmem"] == 3 and result["selection"]["knowmem_retain"] == 2
     assert (out / "data" / "muse" / "news" / "knowmem" / "retain_qa.json").is_file()
