@@ -5,7 +5,8 @@
 Measures, on the built-in benchmark's rows and the same batches for every contender:
 
 1. the fp32 matmul peak (GFLOP/s) of this machine, in this process;
-2. training throughput (tokens/s, excluding set-up) of ALTER's Stage II step, a plain peft LoRA
+2. training throughput (tokens/s, excluding set-up) of ALTER's Stage II step (with the spec's
+   retain NLL, and with the retain KL instead: ``--only retain-kl`` for that part), a plain peft LoRA
    step (same rank, same seven projections, IHL + retain NLL), AsymLoRA, and full-parameter GA
    and NPO steps, all through their real training code (``stage_two`` / ``run_method``);
 3. ALTER's tokens/s against the FLOP floor ``4 * n_params * tokens / peak`` (forward 2NT plus
@@ -42,10 +43,11 @@ def matmul_peak(n: int = 2048, reps: int = 10) -> float:
 
 
 def alter_stage_two(
-    model_name, bench, steps, n_experts, seed=0, around=contextlib.nullcontext
+    model_name, bench, steps, n_experts, seed=0, around=contextlib.nullcontext, **train
 ) -> dict:
     """Time ``steps`` Stage II steps with ``n_experts`` forget experts (oracle labels
-    round-robin); the timed steps run inside ``around()`` (bench/profile_step.py: a profiler)."""
+    round-robin); the timed steps run inside ``around()`` (bench/profile_step.py: a profiler).
+    ``train``: AlterTrainConfig options (e.g. ``gamma=0, retain_kl=1``)."""
     from alter.adapters.config import AlterConfig
     from alter.adapters.model import AlterModel, num_layers
     from alter.data.collate import encode_rows
@@ -60,7 +62,7 @@ def alter_stage_two(
     r_cache = base_cache(model, r_enc, tok.pad_token_id, **kw)
     labels = [i % n_experts for i in range(len(f_enc))]
     am = AlterModel(model, AlterConfig(n_forget_experts=n_experts, routing_layer=layer))
-    tcfg = AlterTrainConfig(epochs=1000, max_steps=steps, seed=seed, checkpoint_every=None)
+    tcfg = AlterTrainConfig(epochs=1000, max_steps=steps, seed=seed, checkpoint_every=None, **train)
     plan = stage_two_plan(labels, len(r_enc), tcfg)
     tokens = sum(len(f_enc[i].input_ids) for _, f, _ in plan for i in f) + sum(
         len(r_enc[i].input_ids) for _, _, r in plan for i in r
@@ -70,7 +72,7 @@ def alter_stage_two(
         args = (am, f_enc, f_cache, labels, r_enc, r_cache, tok.pad_token_id, cfg)
         stage_two(*args, progress=False, log=lambda r: None)
 
-    run(AlterTrainConfig(epochs=1000, max_steps=1, checkpoint_every=None))  # warm-up
+    run(AlterTrainConfig(epochs=1000, max_steps=1, checkpoint_every=None, **train))  # warm-up
     with around():
         t0 = time.perf_counter()
         run(tcfg)
@@ -188,6 +190,15 @@ def peak_rss(model_name: str, method: str, steps: int) -> float:
     return float(res.stdout.strip().splitlines()[-1])
 
 
+def retain_kl_ratios(res: dict) -> dict:
+    """The retain KL's cost: its Stage II tokens/s over the spec's and over peft LoRA's."""
+    kl = res["alter_D2_retain_kl"]["tokens_per_second"]
+    return {
+        "alter_retain_kl_vs_alter_tokens_per_s": kl / res["alter_D2"]["tokens_per_second"],
+        "alter_retain_kl_vs_lora_tokens_per_s": kl / res["lora"]["tokens_per_second"],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -195,7 +206,13 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--out", default="runs/efficiency.json")
-    ap.add_argument("--only", choices=["inference"], default=None)
+    ap.add_argument(
+        "--only",
+        choices=["inference", "retain-kl"],
+        default=None,
+        help="inference: part 5 only; retain-kl: ALTER's Stage II with the spec's retain NLL, "
+        "with the retain KL instead (gamma=0, retain_kl=1) and the peft LoRA step",
+    )
     args = ap.parse_args()
     from alter.data.synthetic import make_synthetic
 
@@ -210,6 +227,16 @@ def main() -> None:
     res["matmul_gflops"] = matmul_peak()
     print(f"matmul peak {res['matmul_gflops']:.0f} GFLOP/s", flush=True)
     res["alter_D2"] = alter_stage_two(args.model, bench, args.steps, 2)
+    res["alter_D2_retain_kl"] = alter_stage_two(
+        args.model, bench, args.steps, 2, gamma=0.0, retain_kl=1.0
+    )
+    if args.only == "retain-kl":
+        res["lora"] = baseline(args.model, bench, "lora", args.steps, loss="ihl", lr=1e-3)
+        res["ratios"] = retain_kl_ratios(res)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(res, indent=2))
+        print(json.dumps(res["ratios"], indent=2))
+        return
     res["alter_D1"] = alter_stage_two(args.model, bench, args.steps, 1)
     res["alter_D8"] = alter_stage_two(args.model, bench, args.steps, 8)
     for m, ov in (("lora", {"loss": "ihl", "lr": 1e-3}), ("asymlora", {}), ("ga", {}), ("npo", {})):
@@ -227,6 +254,7 @@ def main() -> None:
         "alter_vs_npo_step_time": (a["seconds"] / a["steps"])
         / (res["npo"]["seconds"] / res["npo"]["steps"]),
         "experts_D8_over_D1_time": res["alter_D8"]["seconds"] / res["alter_D1"]["seconds"],
+        **retain_kl_ratios(res),
     }
     res["inference"] = inference(args.model, bench)
     res["ratios"]["alter_vs_base_loglik"] = res["inference"]["loglik_ratio"]
