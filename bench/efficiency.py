@@ -190,6 +190,13 @@ def peak_rss(model_name: str, method: str, steps: int) -> float:
     return float(res.stdout.strip().splitlines()[-1])
 
 
+def save(out: str, res: dict, shown: dict) -> None:
+    """Write every measurement to ``out`` and print the ratios ``shown``."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(res, indent=2))
+    print(json.dumps(shown, indent=2))
+
+
 def retain_kl_ratios(res: dict) -> dict:
     """The retain KL's cost: its Stage II tokens/s over the spec's and over peft LoRA's."""
     kl = res["alter_D2_retain_kl"]["tokens_per_second"]
@@ -220,9 +227,7 @@ def main() -> None:
     res: dict = {"threads": torch.get_num_threads(), "model": args.model}
     if args.only == "inference":
         res["inference"] = inference(args.model, bench)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        print(json.dumps({k: v for k, v in res["inference"].items() if "ratio" in k}, indent=2))
+        save(args.out, res, {k: v for k, v in res["inference"].items() if "ratio" in k})
         return
     res["matmul_gflops"] = matmul_peak()
     print(f"matmul peak {res['matmul_gflops']:.0f} GFLOP/s", flush=True)
@@ -233,9 +238,7 @@ def main() -> None:
     if args.only == "retain-kl":
         res["lora"] = baseline(args.model, bench, "lora", args.steps, loss="ihl", lr=1e-3)
         res["ratios"] = retain_kl_ratios(res)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=2))
-        print(json.dumps(res["ratios"], indent=2))
+        save(args.out, res, res["ratios"])
         return
     res["alter_D1"] = alter_stage_two(args.model, bench, args.steps, 1)
     res["alter_D8"] = alter_stage_two(args.model, bench, args.steps, 8)
@@ -267,9 +270,7 @@ def main() -> None:
         res["peak_rss_mb"]["alter"] / res["peak_rss_mb"]["ga"]
     )
     res["self_peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res["ratios"], indent=2))
+    save(args.out, res, res["ratios"])
 
 
 if __name__ == "__main__":

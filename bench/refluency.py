@@ -50,10 +50,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def _items(entry: dict) -> list[dict]:
-    return [entry["value_by_index"][k] for k in sorted(entry["value_by_index"], key=int)]
-
-
 def stored_generations(eval_dir: Path) -> dict[str, Stored]:
     """``{split: Stored}`` of one TOFU_EVAL.json (forget, retain) or MUSE_EVAL.json
     (forget_verbmem)."""
@@ -68,7 +64,7 @@ def stored_generations(eval_dir: Path) -> dict[str, Stored]:
         rouge = ev.get(f"{split}_ROUGE" if is_muse else f"{split}_Q_A_ROUGE")
         if not rouge:
             continue
-        items = _items(rouge)
+        items = [rouge["value_by_index"][k] for k in sorted(rouge["value_by_index"], key=int)]
         out[split] = Stored(
             [it["input"] for it in items],
             [it.get("generation") or "" for it in items],

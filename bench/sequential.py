@@ -161,14 +161,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     ap.add_argument("--out", default="runs/sequential", help="output folder (resumed if present)")
     args = ap.parse_args(argv)
-    from alter.api import parse_set_value
+    from alter.api import parse_set
+    from alter.errors import ConfigError
 
-    args.overrides = {}
-    for item in args.set:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            ap.error(f"--set expects KEY=VALUE, got {item!r}")
-        args.overrides[key.strip()] = parse_set_value(raw)
+    try:
+        args.overrides = parse_set(args.set)
+    except ConfigError as e:
+        ap.error(str(e))
     if bool(args.overrides) != bool(args.variant):
         ap.error("--set and --variant go together (the variant names the runs of the options)")
     if args.variant and not re.fullmatch(r"[A-Za-z0-9_.=-]+", args.variant):

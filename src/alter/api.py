@@ -15,6 +15,7 @@ from alter.errors import ConfigError
 
 __all__ = [
     "load",
+    "parse_set",
     "parse_set_value",
     "resolve_baseline_configs",
     "resolve_configs",
@@ -34,6 +35,17 @@ def parse_set_value(raw: str):
     if _SCIENTIFIC.fullmatch(raw.strip()):
         return float(raw)
     return yaml.safe_load(raw)
+
+
+def parse_set(items: list[str]) -> dict:
+    """``--set key=value`` items to ``{key: value}`` (values by :func:`parse_set_value`)."""
+    out = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        out[key.strip()] = parse_set_value(raw)
+    return out
 
 
 def _coerce(key: str, value, type_name: str):

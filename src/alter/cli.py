@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from alter import __version__
-from alter.api import parse_set_value
+from alter.api import parse_set
 from alter.errors import AlterError, ConfigError
 
 app = typer.Typer(
@@ -294,12 +294,7 @@ def unlearn_cmd(
     """
     from alter.pipeline import unlearn_and_save
 
-    overrides = _load_yaml(config) if config else {}
-    for item in set_ or []:
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set expects key=value, got {item!r}")
-        overrides[key.strip()] = parse_set_value(raw)
+    overrides = {**(_load_yaml(config) if config else {}), **parse_set(set_ or [])}
     method = overrides.pop("method", method)
     shared = {
         "epochs": epochs,
