@@ -67,7 +67,7 @@ def utility_no_rouge(s: dict) -> float | None:
     return len(values) / sum(1 / v for v in values)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -82,7 +82,7 @@ def main() -> None:
     ap.add_argument("--generate", action="store_true")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--out", default=None, help="default: TOFU_MINI/alter-sweep")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from alter.data.schema import RowSet
     from alter.evals.runner import EvalOptions, run_eval

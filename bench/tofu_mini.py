@@ -34,13 +34,18 @@ FORGET_AUTHORS = P.FORGET01_AUTHORS
 ROWS_PER_AUTHOR = P.TOFU_ROWS_PER_AUTHOR
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--data", default="../shared/data")
-    ap.add_argument("--methods", default="alter,gd,npo,simnpo")
+    ap.add_argument(
+        "--methods",
+        default="alter,gd,npo,simnpo",
+        help="methods to unlearn with ('' only fine-tunes and evaluates the target and the retain "
+        "model, the references bench/tofu_alter_sweep.py needs)",
+    )
     ap.add_argument("--retain-items", type=int, default=160)
     ap.add_argument("--epochs", type=float, default=5.0)
     ap.add_argument("--ft-epochs", type=float, default=5.0)
@@ -52,7 +57,7 @@ def main() -> None:
         help="attacks run on the target and every method's model after evaluation ('' skips; "
         "TOFU has no paraphrased questions, so 'paraphrase' does not apply)",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     from alter.data.benchmarks import load_tofu
     from alter.data.schema import RowSet
@@ -123,7 +128,8 @@ def main() -> None:
     evaluate("retain_model", str(out / "retain_model"), None, None)
     reference = out / "evals" / "retain_model"
     evaluate("target", str(out / "target"), None, reference)
-    for m in args.methods.split(","):
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
         run = out / "runs" / m
         if not is_complete(run):
             t0 = time.perf_counter()
@@ -150,7 +156,7 @@ def main() -> None:
         "retain_Q_A_ROUGE",
     )
     rows = ["| model | " + " | ".join(keys) + " | unlearn s |", "|" + "---|" * (len(keys) + 2)]
-    for tag in ["retain_model", "target", *args.methods.split(",")]:
+    for tag in ["retain_model", "target", *methods]:
         p = out / "evals" / tag / "TOFU_SUMMARY.json"
         if not p.is_file():
             continue
@@ -175,7 +181,7 @@ def main() -> None:
             forget,
             retain,
             target=str(out / "target"),
-            names=args.methods.split(","),
+            names=methods,
             attacks=args.attacks.split(","),
             max_new_tokens=args.max_new_tokens,
         )

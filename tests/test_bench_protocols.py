@@ -321,3 +321,39 @@ def test_sequential_variant_options_read_numbers_as_alter_unlearn_does(tmp_path)
         seq.check_variant(tmp_path, "v", {"lr_B": 0.003})
     seq.check_variant(tmp_path, "w", {"lr_B": 0.003})
     assert json.loads((tmp_path / "variants.json").read_text())["w"] == {"lr_B": 0.003}
+
+
+def test_tofu_mini_references_then_an_alter_variant(tmp_path, shared_data):
+    """tofu_mini.py with no method builds the references (target, retain model, their
+    evaluations); tofu_alter_sweep.py then unlearns and evaluates a variant against them, with
+    its answers' fluency under the target."""
+    out = tmp_path / "tofu"
+    small = [f"--data={shared_data}", "--retain-items=4", "--max-new-tokens=4"]
+    _script("tofu_mini").main(
+        ["--model=tiny-llama", *small, "--methods=", "--attacks=", "--ft-epochs=1", f"--out={out}"]
+    )
+    rows = (out / "table.md").read_text().splitlines()[2:]
+    assert [r.split("|")[1].strip() for r in rows] == ["retain_model", "target"]
+    assert sorted(p.name for p in (out / "evals").iterdir()) == ["retain_model", "target"]
+    assert not (out / "runs").exists()
+
+    sweep = tmp_path / "sweep"
+    variant = "authors,expert_lr_total=0.01,stage1_max_steps=1"
+    _script("tofu_alter_sweep").main(
+        [
+            f"--tofu-mini={out}",
+            *small,
+            "--epochs=1",
+            "--generate",
+            f"--variants={variant}",
+            f"--out={sweep}",
+        ]
+    )
+    name = "authors+expert_lr_total0.01+stage1_max_steps1"
+    summary = json.loads((sweep / "runs" / name / "summary.json").read_text())
+    assert summary["subdomains"] == ["author198", "author199"]
+    # 20 rows per author, batches of 4, one epoch: 5 steps per expert
+    assert summary["expert_lr"] == pytest.approx([0.002, 0.002])
+    ev = json.loads((sweep / "evals" / name / "TOFU_EVAL.json").read_text())
+    assert ev["retain_fluency_ppl"]["model"] == str(out / "target")
+    assert f"| {name} |" in (sweep / "sweep.md").read_text()

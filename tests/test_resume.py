@@ -132,6 +132,12 @@ def _unlearn_args(synth, out, *extra):
     "method, extra, weights",
     [
         ("alter", ("--set", "stage1_max_steps=3"), "adapter_model.safetensors"),
+        # One optimizer group per forget expert: the resumed optimizer state must fit them.
+        (
+            "alter",
+            ("--set", "stage1_max_steps=3", "--set", "expert_lr_total=0.01"),
+            "adapter_model.safetensors",
+        ),
         ("gd", (), "model.safetensors"),
     ],
 )

@@ -34,6 +34,7 @@ import json
 import math
 import random
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -77,6 +78,15 @@ class AlterTrainConfig(ScaleOptions):
     lr_A: float = field(default=1e-5, metadata={"help": "learning rate of the shared A"})
     lr_B: float = field(default=1e-3, metadata={"help": "learning rate of B_r and B_f"})
     lr_router: float = field(default=1e-3, metadata={"help": "learning rate of the router"})
+    expert_lr_total: float | None = field(
+        default=None,
+        metadata={
+            "help": "each forget expert's learning rate = this / the Stage II steps it gets, so "
+            "every expert moves about as far however many experts share the steps (AdamW moves "
+            "a weight about lr per step; our addition; None: lr_B for every expert; 0.025 = "
+            "lr_B 1e-3 at 25 steps; measured in docs/ALTER.md)"
+        },
+    )
     router_fit_steps: int = field(
         default=0,
         metadata={
@@ -130,6 +140,8 @@ class AlterTrainConfig(ScaleOptions):
         for name in ("forget_batch_size", "retain_batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.expert_lr_total is not None and self.expert_lr_total <= 0:
+            raise ValueError(f"expert_lr_total must be > 0, got {self.expert_lr_total}")
         if self.router_fit_steps < 0:
             raise ValueError(f"router_fit_steps must be >= 0, got {self.router_fit_steps}")
         for name in ("max_steps", "stage1_max_steps", "checkpoint_every"):
@@ -523,13 +535,31 @@ def stage_two_plan(
     return plan
 
 
-def stage_two_optimizer(am: AlterModel, tcfg: AlterTrainConfig) -> torch.optim.Optimizer:
+def expert_learning_rates(
+    n_experts: int, plan: list[tuple[int, list[int], list[int]]], tcfg: AlterTrainConfig
+) -> list[float]:
+    """Each forget expert's learning rate: ``lr_B``, or ``expert_lr_total`` / the Stage II steps
+    the plan gives that expert (an expert with no step keeps ``lr_B``; it never moves)."""
+    if tcfg.expert_lr_total is None:
+        return [tcfg.lr_B] * n_experts
+    steps = Counter(d for d, _, _ in plan)
+    return [tcfg.expert_lr_total / steps[d] if steps[d] else tcfg.lr_B for d in range(n_experts)]
+
+
+def stage_two_optimizer(
+    am: AlterModel, tcfg: AlterTrainConfig, plan: list[tuple[int, list[int], list[int]]]
+) -> torch.optim.Optimizer:
     groups = am.parameter_groups()
+    if tcfg.expert_lr_total is None:  # one B_f group: the layout of runs saved before the option
+        experts = [{"params": groups["B_f"], "lr": tcfg.lr_B}]
+    else:
+        lrs = expert_learning_rates(am.cfg.n_forget_experts, plan, tcfg)
+        experts = [{"params": am.expert_parameters(d), "lr": lr} for d, lr in enumerate(lrs)]
     return torch.optim.AdamW(
         [
             {"params": groups["A"], "lr": tcfg.lr_A},
             {"params": groups["B_r"], "lr": tcfg.lr_B},
-            {"params": groups["B_f"], "lr": tcfg.lr_B},
+            *experts,
             {"params": groups["router"], "lr": tcfg.lr_router},
         ],
         weight_decay=0.0,
@@ -561,9 +591,9 @@ def stage_two(
     rt = runtime or Runtime()
     groups = am.parameter_groups()
     params = [p for group in groups.values() for p in group]
-    opt = opt or stage_two_optimizer(am, tcfg)
-    collate = Collator(pad_id)
     plan = stage_two_plan(labels, len(retain_enc), tcfg)
+    opt = opt or stage_two_optimizer(am, tcfg, plan)
+    collate = Collator(pad_id)
     total = len(plan)
     k = tcfg.grad_accum
     am.train()
@@ -813,7 +843,7 @@ def unlearn_alter(
         start = 0
         if stage2_tensors is not None:  # resumed mid Stage II: the checkpoint overrides the inits
             _load_adapter_tensors(am, stage2_tensors)
-            opt = stage_two_optimizer(am, tcfg)
+            opt = stage_two_optimizer(am, tcfg, plan_two)
             load_checkpoint(ckpt, {"stage2": opt})
             start = state["step"]
         tokens += sum(
@@ -851,6 +881,7 @@ def unlearn_alter(
         "high_fraction_answer_tokens": float((answer_entropy > threshold).float().mean()),
         "entropy_probe": probe,
         "router_fit": router_fit,
+        "expert_lr": expert_learning_rates(am.cfg.n_forget_experts, plan_two, tcfg),
         "parameters": count_adapter_parameters(am),
         "seconds": time.perf_counter() - t0,
         # Stage I + II (not the pre-pass, clustering, expert and router initialisation); tokens
