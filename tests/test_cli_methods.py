@@ -171,3 +171,21 @@ def test_set_values_are_read_as_yaml_with_scientific_numbers(raw, value):
 
     got = parse_set_value(raw)
     assert got == value and type(got) is type(value)
+
+
+def test_readme_lists_every_alter_option():
+    import re
+
+    from alter.adapters.config import AlterConfig
+    from alter.distributed import ScaleOptions
+    from alter.methods.alter import AlterTrainConfig
+
+    text = " ".join((CONFIGS.parents[2] / "README.md").read_text().split())
+    adapter = re.search(r"Adapter keys: `([^`]*)`", text).group(1).split()
+    training = re.search(r"training keys: `([^`]*)`", text).group(1).split()
+    shared = re.search(r"every method shares, `([^`]*)`", text).group(1).split()
+    names = lambda cls: [f.name for f in dataclasses.fields(cls)]  # noqa: E731
+    assert adapter == names(AlterConfig)
+    scale = names(ScaleOptions)
+    assert training == [n for n in names(AlterTrainConfig) if n not in scale]
+    assert shared == scale
