@@ -69,6 +69,60 @@ def write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def add_variant_args(ap) -> None:
+    """``--set KEY=VALUE`` (repeatable) and ``--variant NAME`` on a protocol's parser."""
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="method option for every listed method (as `alter unlearn --set`); needs --variant",
+    )
+    ap.add_argument(
+        "--variant",
+        default=None,
+        help="name of the --set variant: its runs and rows are METHOD+VARIANT, next to the defaults",
+    )
+
+
+def variant_overrides(ap, args) -> dict:
+    """The ``--set`` options as `alter unlearn` reads them; usage errors through ``ap``."""
+    import re
+
+    from alter.api import parse_set
+    from alter.errors import ConfigError
+
+    try:
+        overrides = parse_set(args.set)
+    except ConfigError as e:
+        ap.error(str(e))
+    if bool(overrides) != bool(args.variant):
+        ap.error("--set and --variant go together (the variant names the runs of the options)")
+    if args.variant and not re.fullmatch(r"[A-Za-z0-9_.=-]+", args.variant):
+        ap.error(f"--variant {args.variant!r}: use letters, digits and _ . = - only")
+    return overrides
+
+
+def check_variant(out: Path, name: str, overrides: dict) -> None:
+    """A variant name always means the same options (OUT/variants.json): its finished runs are
+    reused, so another --set under the same name is refused."""
+    from alter.api import parse_set_value
+
+    path = out / "variants.json"
+    known = json.loads(path.read_text()) if path.is_file() else {}
+    # older files hold YAML's reading of e.g. 5e-3 (a string); compare as --set reads it now
+    same = {
+        k: parse_set_value(v) if isinstance(v, str) else v for k, v in known.get(name, {}).items()
+    }
+    if name in known and same != overrides:
+        raise SystemExit(
+            f"error: variant {name!r} was run with {known[name]} in {out}, not {overrides}; "
+            "use another --variant"
+        )
+    if name not in known:
+        write_json(path, {**known, name: overrides})
+
+
 def _resumable(out: Path) -> bool:
     from alter.runs import RESUME_DIR, partial_dir
 

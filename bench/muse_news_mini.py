@@ -40,7 +40,13 @@ The evaluated items are written to OUT/data/muse/news (read by `alter eval --ben
 their sources to OUT/selection.json. Every method then unlearns the forget texts with the same
 budget (``--epochs`` passes, batches of 4 + 4, the method's default lr) and is evaluated with
 VerbMem, KnowMem forget / retain, PrivLeak and the fluency of its VerbMem and KnowMem
-generations. Resumable: finished stages are skipped. Writes OUT/table.md and OUT/summary.json.
+generations. Resumable: finished stages are skipped. Writes OUT/table.md and OUT/summary.json
+(the rows of the methods this invocation was given, and the references).
+
+``--set KEY=VALUE`` (repeatable) with ``--variant NAME`` runs the listed methods with other
+options (as ``alter unlearn --set``) next to their default runs, named ``METHOD+NAME``, e.g.
+``--methods alter --set gamma=0 --set retain_kl=1 --variant kl``; a name keeps its options
+(OUT/variants.json).
 
 Run time of the default command on 2 CPU cores with SmolLM2-135M, estimated from ~110 training
 tokens/s (a step on 4 x 128 tokens takes ~4.7 s) and ~800 scored tokens/s: 48 forget texts
@@ -353,10 +359,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="cap every generation (default: MUSE's VerbMem 128 / KnowMem 32)",
     )
     ap.add_argument("--no-fluency", action="store_true", help="skip the fluency of generations")
+    P.add_variant_args(ap)
     ap.add_argument(
         "--out", default="runs/muse-news-mini", help="output folder (resumed if present)"
     )
     args = ap.parse_args(argv)
+    args.overrides = P.variant_overrides(ap, args)
     for name in ("forget_items", "retain_items"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
@@ -378,6 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     P.check_protocol(out, {k: getattr(args, k) for k in PROTOCOL_KEYS})
+    if args.variant:
+        P.check_variant(out, args.variant, args.overrides)
     timings = P.Timings(out / "timings.json")
 
     sel = build(
@@ -440,17 +450,18 @@ def main(argv: list[str] | None = None) -> dict:
 
     evaluate("target", (str(target), None))
     for m in methods:
+        name = f"{m}+{args.variant}" if args.variant else m
         run = P.unlearn_stage(
             str(target),
             forget,
             retain,
-            out / "runs" / m,
+            out / "runs" / name,
             m,
-            {"epochs": args.epochs, "seed": 0},
+            {"epochs": args.epochs, "seed": 0, **args.overrides},
             timings,
-            f"unlearn_{m}",
+            f"unlearn_{name}",
         )
-        evaluate(m, P.model_spec(run, str(target)))
+        evaluate(name, P.model_spec(run, str(target)))
 
     table = []
     for tag, s in summaries.items():
@@ -465,6 +476,7 @@ def main(argv: list[str] | None = None) -> dict:
     result = {
         "protocol": {k: getattr(args, k) for k in PROTOCOL_KEYS},
         "methods": methods,
+        "variant": {args.variant: args.overrides} if args.variant else None,
         "selection": counts,
         "reference_auc": reference,
         "models": {tag: {key: s.get(key) for key, _, _ in COLUMNS} for tag, s in summaries.items()},

@@ -53,7 +53,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
@@ -147,31 +146,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="start each stage from the previous stage's model (full-parameter methods only)",
     )
-    ap.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="method option for every listed method (as `alter unlearn --set`); needs --variant",
-    )
-    ap.add_argument(
-        "--variant",
-        default=None,
-        help="name of the --set variant: its runs and rows are METHOD+VARIANT, next to the defaults",
-    )
+    P.add_variant_args(ap)
     ap.add_argument("--out", default="runs/sequential", help="output folder (resumed if present)")
     args = ap.parse_args(argv)
-    from alter.api import parse_set
-    from alter.errors import ConfigError
-
-    try:
-        args.overrides = parse_set(args.set)
-    except ConfigError as e:
-        ap.error(str(e))
-    if bool(args.overrides) != bool(args.variant):
-        ap.error("--set and --variant go together (the variant names the runs of the options)")
-    if args.variant and not re.fullmatch(r"[A-Za-z0-9_.=-]+", args.variant):
-        ap.error(f"--variant {args.variant!r}: use letters, digits and _ . = - only")
+    args.overrides = P.variant_overrides(ap, args)
     stages = [s for s in args.stages.split(",") if s]
     bad = [s for s in stages if s not in STAGES]
     if bad or not stages:
@@ -206,7 +184,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     P.check_protocol(out, {k: getattr(args, k) for k in PROTOCOL_KEYS})
     if args.variant:
-        check_variant(out, args.variant, args.overrides)
+        P.check_variant(out, args.variant, args.overrides)
     timings = P.Timings(out / "timings.json")
     mode = "chained" if args.chained else "independent"
 
@@ -334,26 +312,6 @@ def main(argv: list[str] | None = None) -> dict:
     P.write_json(out / "summary.json", result)
     print(text)
     return result
-
-
-def check_variant(out: Path, name: str, overrides: dict) -> None:
-    """A variant name always means the same options (OUT/variants.json): its finished runs are
-    reused, so another --set under the same name is refused."""
-    path = out / "variants.json"
-    from alter.api import parse_set_value
-
-    known = json.loads(path.read_text()) if path.is_file() else {}
-    # older files hold YAML's reading of e.g. 5e-3 (a string); compare as --set reads it now
-    same = {
-        k: parse_set_value(v) if isinstance(v, str) else v for k, v in known.get(name, {}).items()
-    }
-    if name in known and same != overrides:
-        raise SystemExit(
-            f"error: variant {name!r} was run with {known[name]} in {out}, not {overrides}; "
-            "use another --variant"
-        )
-    if name not in known:
-        P.write_json(path, {**known, name: overrides})
 
 
 def check_start(run: Path, start: str) -> None:

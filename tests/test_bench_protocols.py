@@ -92,6 +92,22 @@ def test_muse_news_mini_end_to_end_and_resume(tmp_path, shared_data):
     with pytest.raises(SystemExit, match="other options"):
         muse.main([*argv, "--forget-items=4"])
 
+    # A --set variant runs next to the defaults under METHOD+VARIANT and keeps its options.
+    variant = [*(a for a in argv if not a.startswith("--methods")), "--methods=alter"]
+    result = muse.main([*variant, "--set=expert_lr_total=0.01", "--variant=x"])
+    assert list(result["models"]) == ["retain_model", "target", "alter+x"]
+    run = out / "runs" / "alter+x"
+    assert (
+        json.loads((run / "resolved_config.json").read_text())["train"]["expert_lr_total"] == 0.01
+    )
+    assert (out / "evals" / "alter+x" / "MUSE_SUMMARY.json").is_file()
+    for key, stamp in before.items():  # the references and the default runs are reused
+        assert (out / key).stat().st_mtime_ns == stamp or key == "timings.json"
+    with pytest.raises(SystemExit, match="variant 'x' was run with"):
+        muse.main([*variant, "--set=expert_lr_total=0.02", "--variant=x"])
+    with pytest.raises(SystemExit):  # --set without a name
+        muse.main([*variant, "--set=expert_lr_total=0.02"])
+
 
 def test_sequential_end_to_end_resume_and_chained(tmp_path, shared_data):
     seq = _script("sequential")
@@ -316,10 +332,11 @@ def test_sequential_variant_options_read_numbers_as_alter_unlearn_does(tmp_path)
     assert args.overrides == {"lr_B": 0.005, "layers": "upper"}
     assert seq.parse_args(["--set=lr_B=0.005", "--variant=v"]).overrides == {"lr_B": 0.005}
     (tmp_path / "variants.json").write_text(json.dumps({"v": {"lr_B": "5e-3"}}))
-    seq.check_variant(tmp_path, "v", {"lr_B": 0.005})
+    P = _script("_protocol")
+    P.check_variant(tmp_path, "v", {"lr_B": 0.005})
     with pytest.raises(SystemExit, match="variant 'v' was run with"):
-        seq.check_variant(tmp_path, "v", {"lr_B": 0.003})
-    seq.check_variant(tmp_path, "w", {"lr_B": 0.003})
+        P.check_variant(tmp_path, "v", {"lr_B": 0.003})
+    P.check_variant(tmp_path, "w", {"lr_B": 0.003})
     assert json.loads((tmp_path / "variants.json").read_text())["w"] == {"lr_B": 0.003}
 
 
