@@ -151,20 +151,11 @@ def token_kl(logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tenso
     distribution is the target, as in open-unlearning's ``compute_kl_divergence``).
     As :func:`token_nll`, the vocabulary-wide work runs on the supervised positions' rows only.
     """
-    return token_nll_and_kl(logits, ref_logits, labels)[1]
-
-
-def token_nll_and_kl(
-    logits: torch.Tensor, ref_logits: torch.Tensor, labels: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`token_nll` and :func:`token_kl` from one log-softmax of ``logits`` (one
-    vocabulary-wide pass forward and backward instead of two), each ``(B, T-1)``."""
     lg, lb = shift(logits, labels)
     mask = lb != IGNORE_INDEX
     lp = torch.log_softmax(lg[mask].float(), dim=-1)
     lp_ref = torch.log_softmax(ref_logits[:, :-1, :][mask].float(), dim=-1)
-    nll = -lp.gather(-1, lb[mask].unsqueeze(-1)).squeeze(-1)
-    return at_positions(mask, nll), at_positions(mask, (lp_ref.exp() * (lp_ref - lp)).sum(-1))
+    return at_positions(mask, (lp_ref.exp() * (lp_ref - lp)).sum(-1))
 
 
 def activation_mse(acts: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -56,8 +56,8 @@ from alter.losses import (
     masked_mean,
     router_cross_entropy,
     structural_invariance,
+    token_kl,
     token_nll,
-    token_nll_and_kl,
 )
 
 
@@ -658,16 +658,14 @@ def _stage_two_terms(
     with am.routing(Route(grad_retain=True, a_grad_mask=r_high)):
         r_logits = am.model(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
     r_sup = supervised_positions(rb["labels"])[:, :-1]
+    with rt.weighted(part.retain_weight):
+        nll = masked_mean(token_nll(r_logits, rb["labels"]), r_sup)
     kl = r_logits.new_zeros(())
     if retain_kl:
         with torch.no_grad(), am.adapters_disabled():
             base = am.model(input_ids=rb["input_ids"], attention_mask=rb["attention_mask"]).logits
-        nll_tokens, kl_tokens = token_nll_and_kl(r_logits, base, rb["labels"])
         with rt.weighted(part.retain_weight):
-            nll, kl = masked_mean(nll_tokens, r_sup), masked_mean(kl_tokens, r_sup)
-    else:
-        with rt.weighted(part.retain_weight):
-            nll = masked_mean(token_nll(r_logits, rb["labels"]), r_sup)
+            kl = masked_mean(token_kl(r_logits, base, rb["labels"]), r_sup)
 
     # Router: cross-entropy on detached base features; retain tokens -> slot 0, forget -> d + 1.
     f_feat = router_features(fb["hidden"], fb["entropy"])[f_sup]
