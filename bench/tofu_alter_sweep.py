@@ -34,11 +34,10 @@ def parse_variant(text: str) -> tuple[bool, dict]:
         elif part == "kmeans":
             continue
         elif "=" in part:
+            from alter.api import parse_set_value
+
             key, value = part.split("=", 1)
-            try:
-                overrides[key] = json.loads(value)
-            except json.JSONDecodeError:
-                overrides[key] = value
+            overrides[key] = parse_set_value(value)  # as `alter unlearn --set` reads it
         else:
             raise SystemExit(
                 f"error: variant part {part!r} is not 'authors', 'kmeans' or key=value"
