@@ -15,7 +15,10 @@ Measures, on the built-in benchmark's rows and the same batches for every conten
 5. inference: log-likelihood evaluation and greedy ``generate`` tokens/s of the ALTER-wrapped
    model over the plain model, for the spec's design (the frozen base pre-pass, ~2 forwards per
    token), the entropy probe with the pre-pass stopped at the routing block, and the probe with
-   ``layers=upper`` (a single pass); ``--only inference`` runs just this part;
+   ``layers=upper`` (a single pass), the last two also with the routing layer at block 5
+   (``_r5``: a shorter pre-pass, or adapters in blocks 5..); ``--only inference`` runs just
+   this part; every model is built once and timed ``--repeats`` times in rotating order, the
+   ratios are of the medians;
 6. peak RSS of one ALTER run and one full-parameter run (separate subprocesses).
 """
 
@@ -25,6 +28,7 @@ import argparse
 import contextlib
 import json
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -108,56 +112,71 @@ def baseline(model_name, bench, method, steps, **overrides) -> dict:
 
 
 @torch.no_grad()
-def inference(model_name, bench, n_rows=32, new_tokens=32) -> dict:
+def inference(model_name, bench, n_rows=32, new_tokens=32, repeats=3) -> dict:
+    """Log-likelihood and ``generate`` speed of each ALTER variant over the plain model.
+
+    Every model is built once, then each repeat times every variant in turn (the order rotates
+    from one repeat to the next), so a slow spell of the machine hits all of them alike; the
+    ratios are of the medians over ``repeats``.
+    """
     from alter.adapters.config import AlterConfig
     from alter.adapters.model import AlterModel
+    from alter.data.collate import encode_rows
+    from alter.data.schema import RowSet
     from alter.evals.qa import answer_nll, generate_answers
     from alter.models import load_model
 
-    rows = bench.retain
-    from alter.data.schema import RowSet
-
-    rows = RowSet(list(rows)[:n_rows], source="retain-head", kind="qa")
-    out = {}
-    # name -> (layers, inference) of the ALTER variants; "alter" is the spec's design.
+    rows = RowSet(list(bench.retain)[:n_rows], source="retain-head", kind="qa")
+    warm = RowSet(list(rows)[:4], source="w", kind="qa")
+    questions = [r["question"] for r in rows]
+    # name -> (layers, inference, routing layer) of the ALTER variants; "alter" is the spec's
+    # design (routing layer None = n_layers // 2).
     variants = {
         "base": None,
-        "alter": ("all", "prepass"),
-        "alter_probe": ("all", "probe"),
-        "alter_upper_probe": ("upper", "probe"),
+        "alter": ("all", "prepass", None),
+        "alter_probe": ("all", "probe", None),
+        "alter_upper_probe": ("upper", "probe", None),
+        "alter_probe_r5": ("all", "probe", 5),
+        "alter_upper_probe_r5": ("upper", "probe", 5),
     }
+    models, tok = {}, None
     for name, variant in variants.items():
         model, tok = load_model(model_name)
         if variant is not None:
-            layers, mode = variant
-            model = AlterModel(
-                model, AlterConfig(n_forget_experts=2, layers=layers, inference=mode)
+            layers, mode, routing_layer = variant
+            cfg = AlterConfig(
+                n_forget_experts=2, layers=layers, inference=mode, routing_layer=routing_layer
             )
-            with torch.no_grad():  # non-zero experts and probe so every path is exercised
-                for m in model.layers():
-                    m.alter_B_r.normal_(std=1e-3)
-                    for b in m.alter_B_f:
-                        b.normal_(std=1e-3)
-                model.router.alter_probe[-1] = 1.0
-            model.eval()
-        answer_nll(model, tok, RowSet(list(rows)[:4], source="w", kind="qa"))  # warm-up
-        t0 = time.perf_counter()
-        nll = answer_nll(model, tok, rows)
-        t_ll = time.perf_counter() - t0
-        from alter.data.collate import encode_rows
-
-        ll_tokens = sum(len(e.input_ids) for e in encode_rows(rows, tok))
-        t0 = time.perf_counter()
-        gens = generate_answers(
-            model, tok, [r["question"] for r in rows], max_new_tokens=new_tokens
-        )
-        t_gen = time.perf_counter() - t0
+            model = AlterModel(model, cfg)
+            for m in model.layers():  # non-zero experts and probe so every path is exercised
+                m.alter_B_r.normal_(std=1e-3)
+                for b in m.alter_B_f:
+                    b.normal_(std=1e-3)
+            model.router.alter_probe[-1] = 1.0
+        model.eval()
+        answer_nll(model, tok, warm)
+        models[name] = model
+    ll_tokens = sum(len(e.input_ids) for e in encode_rows(rows, tok))
+    times: dict[str, dict[str, list[float]]] = {n: {"ll": [], "gen": []} for n in variants}
+    names = list(variants)
+    for r in range(repeats):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            t0 = time.perf_counter()
+            answer_nll(models[name], tok, rows)
+            times[name]["ll"].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            generate_answers(models[name], tok, questions, max_new_tokens=new_tokens)
+            times[name]["gen"].append(time.perf_counter() - t0)
+    out: dict = {"repeats": repeats, "rows": len(rows), "new_tokens": new_tokens}
+    for name in variants:
+        t_ll, t_gen = statistics.median(times[name]["ll"]), statistics.median(times[name]["gen"])
         out[name] = {
             "loglik_tokens_per_second": ll_tokens / t_ll,
-            "generate_rows_per_second": len(gens) / t_gen,
+            "generate_rows_per_second": len(rows) / t_gen,
             "generate_seconds": t_gen,
             "loglik_seconds": t_ll,
-            "rows": len(nll),
+            "loglik_seconds_all": times[name]["ll"],
+            "generate_seconds_all": times[name]["gen"],
         }
     for name in variants:
         if name == "base":
@@ -212,6 +231,7 @@ def main() -> None:
     )
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3, help="inference timings per variant (median)")
     ap.add_argument("--out", default="runs/efficiency.json")
     ap.add_argument(
         "--only",
@@ -226,7 +246,7 @@ def main() -> None:
     bench = make_synthetic()
     res: dict = {"threads": torch.get_num_threads(), "model": args.model}
     if args.only == "inference":
-        res["inference"] = inference(args.model, bench)
+        res["inference"] = inference(args.model, bench, repeats=args.repeats)
         save(args.out, res, {k: v for k, v in res["inference"].items() if "ratio" in k})
         return
     res["matmul_gflops"] = matmul_peak()
@@ -259,7 +279,7 @@ def main() -> None:
         "experts_D8_over_D1_time": res["alter_D8"]["seconds"] / res["alter_D1"]["seconds"],
         **retain_kl_ratios(res),
     }
-    res["inference"] = inference(args.model, bench)
+    res["inference"] = inference(args.model, bench, repeats=args.repeats)
     res["ratios"]["alter_vs_base_loglik"] = res["inference"]["loglik_ratio"]
     res["ratios"]["alter_vs_base_generate"] = res["inference"]["generate_ratio"]
     for k, v in res["inference"].items():

@@ -1,12 +1,15 @@
 """What the cheap inference designs cost in quality: entropy probe and the upper-layers layout.
 
     python bench/inference_probe.py --target DIR [--out runs/bench-probe] [--epochs 10]
+        [--layouts all,upper,upper:5]
 
-Trains ALTER twice on the built-in benchmark from the fine-tuned target DIR (what `alter demo`
-caches under $ALTER_HOME/targets/): ``layers=all`` (the spec) and ``layers=upper`` (adapters only
-in the decoder blocks from the routing layer up), same seed and budget as the demo. Each run is
-then evaluated with the exact base pre-pass (``inference=prepass``) and with the entropy probe
-(``inference=probe``; with ``layers=upper`` that is single-pass inference):
+Trains ALTER once per layout on the built-in benchmark from the fine-tuned target DIR (what
+`alter demo` caches under $ALTER_HOME/targets/), same seed and budget as the demo. A layout is
+``LAYERS[:ROUTING_LAYER]``: ``all`` (the spec: adapters in every decoder block, routing layer
+n_layers // 2) or ``upper`` (adapters only in the blocks from the routing layer up); ``:N`` sets
+the routing layer (``upper:5``: adapters in blocks 5.. and the route read at block 5). Each run
+is then evaluated with the exact base pre-pass (``inference=prepass``) and with the entropy
+probe (``inference=probe``; with ``upper`` that is single-pass inference):
 
 * probe fidelity on every set (forget / retain / holdout; holdout rows were never used to fit
   it): R^2 of the predicted against the exact base entropy over all positions, the share of
@@ -52,6 +55,17 @@ def probe_fidelity(am, tok, rows) -> dict:
     return {"r2": r2, "switch_agreement": agree / n, "mean_abs_expert_mass_change": dmass / n}
 
 
+def parse_layout(text: str) -> tuple[str, str, int | None]:
+    """``"upper:5"`` -> ``("upper:5", "upper", 5)``; ``"all"`` -> ``("all", "all", None)``."""
+    name = text.strip()
+    layers, sep, layer = name.partition(":")
+    if layers not in ("all", "upper") or (sep and not layer.isdigit()):
+        raise SystemExit(
+            f"--layouts: expected LAYERS[:ROUTING_LAYER] with LAYERS all|upper, got {name!r}"
+        )
+    return name, layers, int(layer) if sep else None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -59,7 +73,13 @@ def main() -> None:
     ap.add_argument("--target", required=True)
     ap.add_argument("--out", default="runs/bench-probe")
     ap.add_argument("--epochs", type=float, default=10.0)
+    ap.add_argument(
+        "--layouts",
+        default="all,upper",
+        help="comma-separated LAYERS[:ROUTING_LAYER] (default: all,upper)",
+    )
     args = ap.parse_args()
+    layouts = [parse_layout(x) for x in args.layouts.split(",") if x.strip()]
 
     from alter.api import load, unlearn
     from alter.runs import is_complete
@@ -68,8 +88,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict = {}
-    for layers in ("all", "upper"):
-        run = out / layers
+    for name, layers, routing_layer in layouts:
+        run = out / name.replace(":", "-r")
         rec: dict = {}
         if not is_complete(run):
             t0 = time.perf_counter()
@@ -81,6 +101,7 @@ def main() -> None:
                 overwrite=True,
                 epochs=args.epochs,
                 layers=layers,
+                routing_layer=routing_layer,
             )
             rec["unlearn_seconds"] = time.perf_counter() - t0
         am, tok = load(args.target, run)
@@ -92,7 +113,7 @@ def main() -> None:
                 s: summarise(qa_metrics(am, tok, getattr(bench, s), max_new_tokens=32))
                 for s in SETS
             }
-        results[layers] = rec
+        results[name] = rec
         (out / "results.json").write_text(json.dumps(results, indent=2))
 
     lines = [

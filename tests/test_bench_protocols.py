@@ -374,3 +374,14 @@ def test_tofu_mini_references_then_an_alter_variant(tmp_path, shared_data):
     ev = json.loads((sweep / "evals" / name / "TOFU_EVAL.json").read_text())
     assert ev["retain_fluency_ppl"]["model"] == str(out / "target")
     assert f"| {name} |" in (sweep / "sweep.md").read_text()
+
+
+def test_inference_probe_layouts_name_the_routing_layer():
+    """`--layouts upper:5` is adapters from block 5 up with the route read at block 5; a bare
+    layout keeps the default routing layer; anything else stops with a message."""
+    ip = _script("inference_probe")
+    assert ip.parse_layout("upper:5") == ("upper:5", "upper", 5)
+    assert ip.parse_layout(" all ") == ("all", "all", None)
+    for bad in ("middle", "upper:x", "all:-1", "upper:"):
+        with pytest.raises(SystemExit, match="LAYERS"):
+            ip.parse_layout(bad)
