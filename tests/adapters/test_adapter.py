@@ -84,6 +84,44 @@ def test_routed_forward_equals_the_explicit_formula():
     torch.testing.assert_close(oracle, layer(x), rtol=1e-5, atol=1e-6)
 
 
+def test_inference_reuses_the_expert_matrix_until_a_parameter_changes():
+    """Without autograd the layer builds [B_r; B_f]^T once and the route builds [1, w] once; the
+    output is bit-identical to the autograd path, and any change to an expert (an in-place
+    edit, an optimizer step, loading a state dict) is seen by the next call."""
+    am, _ = wrapped()
+    randomise(am)
+    layer = am.layers()[0]
+    x = torch.randn(2, 5, layer.d_in)
+    route = Route(expert_weights=torch.rand(2, 5, 3))
+    layer.route = route
+    with torch.no_grad():
+        first = layer(x)
+        right = layer._mixed_right[1]
+        assert torch.equal(layer(x), first) and layer._mixed_right[1] is right
+        assert route.mix(torch.float32) is route.mix(torch.float32)
+    assert torch.equal(layer(x), first)  # autograd path, built afresh
+
+    with torch.no_grad():
+        layer.alter_B_f[2].mul_(3.0)  # in place
+        edited = layer(x)
+    assert not torch.equal(edited, first) and torch.equal(layer(x), edited)
+
+    opt = torch.optim.SGD([layer.alter_B_r], lr=0.1)
+    layer(x).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        stepped = layer(x)
+    assert not torch.equal(stepped, edited) and torch.equal(layer(x), stepped)
+
+    state = {k: v.clone() for k, v in layer.state_dict().items()}
+    state["alter_B_f.0"] += 1.0
+    layer.load_state_dict(state)
+    with torch.no_grad():
+        loaded = layer(x)
+    assert not torch.equal(loaded, stepped) and torch.equal(layer(x), loaded)
+    layer.route = None
+
+
 def test_router_top_k_and_temperature_switch():
     am, _ = wrapped()
     logits = torch.tensor([[[0.0, 1.0, 2.0, 3.0], [3.0, 2.0, 1.0, 0.0]]])  # D + 1 = 4 slots

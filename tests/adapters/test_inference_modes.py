@@ -87,6 +87,22 @@ def test_probe_generate_matches_a_full_recompute(layers, greedy_by_recompute):
     assert out.tolist() == greedy_by_recompute(am, prompt, 6).tolist()
 
 
+@pytest.mark.parametrize("layers", ["all", "upper"])
+def test_probe_generate_computes_only_the_last_positions_logits(layers):
+    """Decoding reads one position's logits: the head never runs on the whole prompt (in probe
+    mode the base pass stops at the routing block, so every head call is the adapted pass)."""
+    am, _ = wrapped(layers=layers, inference="probe")
+    randomise(am, seed=7)
+    seen = []
+    head = am.model.get_output_embeddings()
+    handle = head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+    try:
+        am.generate(IDS[:, :6], max_new_tokens=3, eos_token_id=None)
+    finally:
+        handle.remove()
+    assert seen == [1, 1, 1]
+
+
 def test_probe_generate_handles_left_padding():
     am, tok = wrapped(layers="upper", inference="probe")
     randomise(am, seed=6)

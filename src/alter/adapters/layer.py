@@ -21,7 +21,7 @@ under bf16 autocast the matmuls run in bf16 as autocast decides, as before.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
@@ -48,6 +48,22 @@ class Route:
     grad_retain: bool = True
     a_grad_mask: torch.Tensor | None = None
     grad_a: bool = True
+    # ``[1, w_1, ..., w_D]`` per token, built once per route (no grad) and shared by every layer.
+    _mix: torch.Tensor | None = field(default=None, init=False, repr=False, compare=False)
+
+    def mix(self, dtype: torch.dtype) -> torch.Tensor:
+        """``(B, T, 1 + D)``: the retention expert's weight 1, then ``expert_weights``.
+
+        Without autograd the tensor is built once and reused by every adapted layer of the pass;
+        with it, each call builds its own (a cached tensor would tie the layers' graphs).
+        """
+        if torch.is_grad_enabled():
+            w = self.expert_weights.to(dtype)
+            return torch.cat([torch.ones_like(w[..., :1]), w], -1)
+        if self._mix is None or self._mix.dtype != dtype:
+            w = self.expert_weights.to(dtype)
+            self._mix = torch.cat([torch.ones_like(w[..., :1]), w], -1)
+        return self._mix
 
 
 def _in_out(base: nn.Module) -> tuple[int, int]:
@@ -80,6 +96,9 @@ class AlterLinear(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.route: Route | None = None
         self.enabled = True
+        # Inference only: [B_r; B_f[0]; ...]^T built once and reused while no parameter changes
+        # (the key holds each one's storage and in-place version counter).
+        self._mixed_right: tuple[tuple, torch.Tensor] | None = None
 
     @property
     def n_experts(self) -> int:
@@ -111,13 +130,25 @@ class AlterLinear(nn.Module):
             # which gives each of them the gradient of its own product.
             return ax, (b_r + self.alter_B_f[route.oracle_expert]).t()
         if route.expert_weights is not None:
-            w = route.expert_weights.to(ax.dtype)  # (B, T, D)
-            z = (w[..., :, None] * ax[..., None, :]).flatten(-2)  # (B, T, D*r)
-            experts = (
-                self.stacked_experts().permute(0, 2, 1).reshape(-1, self.d_out)
-            )  # (D*r, d_out)
-            return torch.cat([ax, z], -1), torch.cat([b_r.t(), experts])
+            # [A x, w_1 A x, ..., w_D A x] (B, T, (1 + D) r) against [B_r; B_f[0]; ...]^T: the
+            # retention expert and every weighted forget expert in one product.
+            left = (route.mix(ax.dtype)[..., :, None] * ax[..., None, :]).flatten(-2)
+            return left, self._all_experts_right(b_r)
         return ax, b_r.t()
+
+    def _all_experts_right(self, b_r: torch.Tensor) -> torch.Tensor:
+        """``((1 + D) r, d_out)``: ``B_r^T`` then each forget expert's ``B_f[d]^T``."""
+        if torch.is_grad_enabled():
+            return self._build_right(b_r)
+        params = (self.alter_B_r, *self.alter_B_f)
+        key = tuple((p.data_ptr(), p._version, p.dtype) for p in params)
+        if self._mixed_right is None or self._mixed_right[0] != key:
+            self._mixed_right = (key, self._build_right(b_r))
+        return self._mixed_right[1]
+
+    def _build_right(self, b_r: torch.Tensor) -> torch.Tensor:
+        experts = self.stacked_experts().permute(0, 2, 1).reshape(-1, self.d_out)  # (D*r, d_out)
+        return torch.cat([b_r.t(), experts])
 
     def delta(self, x: torch.Tensor) -> torch.Tensor:
         """The adapter's contribution (before scaling) for input ``x`` ``(..., d_in)``, in

@@ -70,6 +70,18 @@ def cache_kwargs(model: nn.Module, cache) -> dict:
     return {"cache": cache} if "cache" in params else {"past_key_values": cache}
 
 
+def last_logits_kwargs(model: nn.Module) -> dict:
+    """``{"logits_to_keep": 1}`` when ``model.forward`` takes it (the head then computes only the
+    last position's logits: what decoding reads), else nothing."""
+    import inspect
+
+    return (
+        {"logits_to_keep": 1}
+        if "logits_to_keep" in inspect.signature(model.forward).parameters
+        else {}
+    )
+
+
 def returned_cache(out):
     cache = getattr(out, "cache", None)
     return cache if cache is not None else getattr(out, "past_key_values", None)
@@ -395,6 +407,7 @@ class AlterModel(nn.Module):
                 {"input_ids": step_ids, "attention_mask": mask, "position_ids": step_pos},
                 base_cache=base_cache,
                 **cache_kwargs(self.model, adapted_cache),
+                **last_logits_kwargs(self.model),
                 use_cache=True,
             )
             logits = out.logits[:, -1, :].float()

@@ -37,7 +37,6 @@ those layers are never run (and never receive gradient). The result is a full mo
 from __future__ import annotations
 
 import contextlib
-import inspect
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +44,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from alter.adapters.model import num_layers
+from alter.adapters.model import last_logits_kwargs, num_layers
 from alter.data.collate import Collator, to_device
 from alter.distributed import lazy_init
 from alter.errors import ConfigError
@@ -159,9 +158,7 @@ def block_output(model: nn.Module, block: nn.Module, batch: dict[str, torch.Tens
         captured["h"] = output[0] if isinstance(output, tuple) else output
 
     lazy_init(model)  # FSDP: find every group from the whole model first
-    kwargs = {}
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
+    kwargs = last_logits_kwargs(model)
     handle = block.register_forward_hook(hook)
     try:
         with first_blocks(model, name, index + 1):
