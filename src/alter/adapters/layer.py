@@ -57,13 +57,14 @@ class Route:
         Without autograd the tensor is built once and reused by every adapted layer of the pass;
         with it, each call builds its own (a cached tensor would tie the layers' graphs).
         """
-        if torch.is_grad_enabled():
-            w = self.expert_weights.to(dtype)
-            return torch.cat([torch.ones_like(w[..., :1]), w], -1)
-        if self._mix is None or self._mix.dtype != dtype:
-            w = self.expert_weights.to(dtype)
-            self._mix = torch.cat([torch.ones_like(w[..., :1]), w], -1)
-        return self._mix
+        cached = not torch.is_grad_enabled()
+        if cached and self._mix is not None and self._mix.dtype == dtype:
+            return self._mix
+        w = self.expert_weights.to(dtype)
+        mix = torch.cat([torch.ones_like(w[..., :1]), w], -1)
+        if cached:
+            self._mix = mix
+        return mix
 
 
 def _in_out(base: nn.Module) -> tuple[int, int]:

@@ -402,13 +402,17 @@ class AlterModel(nn.Module):
         position_ids = (mask.long().cumsum(-1) - 1).clamp_min(0)
         step_pos = position_ids
         done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+        # The adapted pass's keywords are the same every step (the cache object is updated in place).
+        adapted_kwargs = {
+            **cache_kwargs(self.model, adapted_cache),
+            **last_logits_kwargs(self.model),
+            "use_cache": True,
+        }
         for _ in range(max_new_tokens):
             out = self._routed(
                 {"input_ids": step_ids, "attention_mask": mask, "position_ids": step_pos},
                 base_cache=base_cache,
-                **cache_kwargs(self.model, adapted_cache),
-                **last_logits_kwargs(self.model),
-                use_cache=True,
+                **adapted_kwargs,
             )
             logits = out.logits[:, -1, :].float()
             if do_sample:
